@@ -1,0 +1,34 @@
+"""slotvlm: fused, trainable Slot Attention and the Slot-VLM video-language model.
+
+Quick use::
+
+    from slotvlm import SlotAttention
+    attn = SlotAttention(num_slots=7, dim=64)
+    slots = attn(torch.randn(2, 4096, 64))       # [2, 7, 64]
+"""
+from __future__ import annotations
+
+import importlib
+
+__version__ = "0.1.0"
+
+# Public names, imported on first use so that ``import slotvlm`` stays light (no transformers,
+# no triton, no av until needed).
+_LAZY = {
+    "SlotAttention": "slotvlm.nn.slot_attention",
+    "MultiHeadSlotAttention": "slotvlm.nn.slot_attention",
+}
+
+__all__ = sorted(_LAZY) + ["__version__"]
+
+
+def __getattr__(name: str):
+    if name in _LAZY:
+        value = getattr(importlib.import_module(_LAZY[name]), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module 'slotvlm' has no attribute {name!r}")
+
+
+def __dir__():
+    return sorted(set(globals()) | set(_LAZY))

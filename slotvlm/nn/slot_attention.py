@@ -1,0 +1,261 @@
+"""Drop-in ``SlotAttention`` (and ``MultiHeadSlotAttention``) with fused-kernel backends.
+
+Compatible with the ``slot-attention`` package (1.5.x): same constructor arguments, same parameter
+names, so its ``state_dict`` loads with ``strict=True`` and gives the same numbers.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+
+from .._checks import check_choice, check_positive_int, check_tensor, describe
+from ..backend import requested_backend, resolve_backend
+from ..ops.slot_attention_ref import slot_attention_step_ref
+
+INITS = ("gaussian", "learned")
+
+
+def _torch_gru(x: torch.Tensor, h: torch.Tensor, cell: nn.GRUCell) -> torch.Tensor:
+    return cell(x, h)  # ATen's GRU cell: the exact numbers of the slot-attention package
+
+
+def _step_impl(backend: str):
+    """The (attention step, GRU cell) pair for a concrete backend.
+
+    The GRU callable takes ``(x [M, D], h [M, D], cell: nn.GRUCell)``; the reference of the fused
+    GRU is :func:`slotvlm.ops.gru_cell_ref`.
+    """
+    if backend == "torch":
+        return slot_attention_step_ref, _torch_gru
+    if backend == "triton":
+        try:
+            from ..ops import fused  # noqa: PLC0415  (imports triton lazily)
+        except ImportError as exc:
+            raise ValueError(f"backend='triton' is not available in this build: {exc}") from exc
+        return fused.slot_attention_step, fused.gru_cell
+    raise ValueError(f"unknown backend {backend!r}")
+
+
+class SlotAttention(nn.Module):
+    """Slot Attention (Locatello et al. 2020), a drop-in for ``slot_attention.SlotAttention``.
+
+    Args:
+        num_slots: K, the default number of slots.
+        dim: D, the width of inputs and slots.
+        iters: refinement iterations (default 3).
+        eps: added to the attention before the weighted mean (default 1e-8).
+        hidden_dim: the slot MLP's hidden width is ``max(dim, hidden_dim)`` (as the package does).
+
+    Keyword-only extensions (defaults keep the drop-in behaviour):
+        heads: number of attention heads. ``heads=1`` (default) is the package's ``SlotAttention``.
+            With ``heads > 1`` (or ``dim_head`` given) the layout is the package's
+            ``MultiHeadSlotAttention``: q/k/v project to ``heads * dim_head`` and ``combine_heads``
+            maps back to ``dim``. The softmax over slots is taken **per head** (the package's
+            convention, not SLATE/OCL's joint softmax over heads × slots).
+        dim_head: per-head width (default ``dim // heads``).
+        init: ``"gaussian"`` (learnable mean and log-sigma, sampled each call; the package's) or
+            ``"learned"`` (a learned ``[num_slots, dim]`` table of per-slot queries, no noise).
+        implicit_grad: run all but the last iteration without building a graph and detach the slots
+            before the last one (Chang et al. 2022), so backward cost does not grow with ``iters``.
+        deterministic_init: with ``init="gaussian"``, start from the mean (no noise). Model code
+            sets it for inference; ``forward(deterministic_init=...)`` overrides it per call.
+        backend: ``"auto"``, ``"torch"`` or ``"triton"``; None reads ``$SLOTVLM_BACKEND``
+            (default ``"auto"``: Triton on CUDA tensors, the PyTorch reference on CPU).
+
+    Shapes:
+        inputs ``[B, N, dim]`` → slots ``[B, K, dim]``; with ``return_attn=True`` also the last
+        iteration's attention ``[B, K, N]`` (softmax over slots, averaged over heads, 0 at padding).
+    """
+
+    def __init__(
+        self,
+        num_slots: int,
+        dim: int,
+        iters: int = 3,
+        eps: float = 1e-8,
+        hidden_dim: int = 128,
+        *,
+        heads: int = 1,
+        dim_head: int | None = None,
+        init: str = "gaussian",
+        implicit_grad: bool = False,
+        deterministic_init: bool = False,
+        backend: str | None = None,
+    ):
+        super().__init__()
+        check_positive_int("num_slots", num_slots)
+        check_positive_int("dim", dim)
+        check_positive_int("iters", iters)
+        check_positive_int("hidden_dim", hidden_dim)
+        check_positive_int("heads", heads)
+        check_choice("init", init, INITS)
+        if not (isinstance(eps, (int, float)) and eps >= 0 and math.isfinite(eps)):
+            raise ValueError(f"eps must be a finite number >= 0, got {eps!r}")
+        multi_head = heads > 1 or dim_head is not None
+        if dim_head is None:
+            if dim % heads:
+                raise ValueError(f"dim={dim} is not divisible by heads={heads}; pass dim_head explicitly")
+            dim_head = dim // heads
+        check_positive_int("dim_head", dim_head)
+        requested_backend(backend)  # validate early
+
+        self.num_slots = num_slots
+        self.dim = dim
+        self.iters = iters
+        self.eps = float(eps)
+        self.heads = heads
+        self.dim_head = dim_head
+        self.scale = dim_head**-0.5
+        self.init = init
+        self.implicit_grad = implicit_grad
+        self.deterministic_init = deterministic_init
+        self.backend = backend
+
+        if init == "gaussian":
+            self.slots_mu = nn.Parameter(torch.randn(1, 1, dim))
+            self.slots_logsigma = nn.Parameter(torch.zeros(1, 1, dim))
+            nn.init.xavier_uniform_(self.slots_logsigma)
+        else:
+            self.slots_init = nn.Parameter(torch.randn(num_slots, dim) * dim**-0.5)
+
+        inner = heads * dim_head
+        self.to_q = nn.Linear(dim, inner)
+        self.to_k = nn.Linear(dim, inner)
+        self.to_v = nn.Linear(dim, inner)
+        self.combine_heads = nn.Linear(inner, dim) if multi_head else None
+        self.gru = nn.GRUCell(dim, dim)
+        hidden = max(dim, hidden_dim)
+        self.mlp = nn.Sequential(nn.Linear(dim, hidden), nn.ReLU(inplace=True), nn.Linear(hidden, dim))
+        self.norm_input = nn.LayerNorm(dim)
+        self.norm_slots = nn.LayerNorm(dim)
+        self.norm_pre_ff = nn.LayerNorm(dim)
+
+    def extra_repr(self) -> str:
+        return (
+            f"num_slots={self.num_slots}, dim={self.dim}, iters={self.iters}, heads={self.heads}, "
+            f"init={self.init!r}, implicit_grad={self.implicit_grad}, backend={self.backend!r}"
+        )
+
+    # ------------------------------------------------------------------ helpers
+    def initial_slots(
+        self, batch: int, num_slots: int, *, device, dtype, deterministic: bool = False
+    ) -> torch.Tensor:
+        """Starting slots ``[batch, num_slots, dim]``: mu + sigma·noise, the mean, or the table."""
+        if self.init == "learned":
+            return self.slots_init.to(dtype).unsqueeze(0).expand(batch, -1, -1)
+        mu = self.slots_mu.expand(batch, num_slots, -1)
+        if deterministic:
+            return mu.to(dtype)
+        sigma = self.slots_logsigma.exp().expand(batch, num_slots, -1)
+        return mu + sigma * torch.randn(mu.shape, device=device, dtype=dtype)
+
+    def _check_forward(self, inputs, num_slots, mask, slots):
+        check_tensor("inputs", inputs, ndim=3, floating=True)
+        b, n, d = inputs.shape
+        if d != self.dim:
+            raise ValueError(f"inputs must have shape [B, N, {self.dim}] (dim={self.dim}), got {describe(inputs)}")
+        if n == 0 or b == 0:
+            raise ValueError(f"inputs must have B >= 1 and N >= 1, got {describe(inputs)}")
+        if num_slots is None:
+            num_slots = self.num_slots
+        check_positive_int("num_slots", num_slots)
+        if self.init == "learned" and num_slots != self.num_slots and slots is None:
+            raise ValueError(
+                f"num_slots={num_slots} differs from the learned slot table's {self.num_slots} "
+                "(init='learned' has a fixed number of slots)"
+            )
+        if mask is not None:
+            check_tensor("mask", mask, shape=(b, n), dtype=torch.bool, device=inputs.device)
+        if slots is not None:
+            check_tensor("slots", slots, shape=(b, None, self.dim), floating=True, device=inputs.device)
+            num_slots = slots.shape[1]
+        return num_slots
+
+    # ------------------------------------------------------------------ forward
+    def forward(
+        self,
+        inputs: torch.Tensor,
+        num_slots: int | None = None,
+        *,
+        mask: torch.Tensor | None = None,
+        slots: torch.Tensor | None = None,
+        return_attn: bool = False,
+        deterministic_init: bool | None = None,
+    ):
+        """Run slot attention.
+
+        Args:
+            inputs: ``[B, N, dim]`` input features.
+            num_slots: K for this call (default ``self.num_slots``).
+            mask: ``[B, N]`` bool, True = real token. Padding tokens get zero attention, so a padded
+                row gives exactly what its real tokens alone give. An all-padding row gets zero
+                updates every iteration (its slots only pass through the GRU and MLP); never NaN.
+            slots: ``[B, K, dim]`` starting slots (e.g. the previous frame's), replacing the init.
+            return_attn: also return the last iteration's attention ``[B, K, N]``.
+            deterministic_init: override ``self.deterministic_init`` for this call.
+
+        Returns:
+            slots ``[B, K, dim]``, or ``(slots, attn)`` with ``return_attn=True``.
+        """
+        num_slots = self._check_forward(inputs, num_slots, mask, slots)
+        b, n, _ = inputs.shape
+        backend = resolve_backend(self.backend, inputs.device)
+        step, gru = _step_impl(backend)
+        if deterministic_init is None:
+            deterministic_init = self.deterministic_init
+        if slots is None:
+            slots = self.initial_slots(
+                b, num_slots, device=inputs.device, dtype=inputs.dtype, deterministic=deterministic_init
+            )
+
+        x = self.norm_input(inputs)
+        h, dh = self.heads, self.dim_head
+        k = self.to_k(x).view(b, n, h, dh)
+        v = self.to_v(x).view(b, n, h, dh)
+
+        def iterate(slots, want_attn):
+            prev = slots
+            q = self.to_q(self.norm_slots(slots)).view(b, num_slots, h, dh)
+            updates, attn = step(q, k, v, mask, scale=self.scale, eps=self.eps, return_attn=want_attn)
+            updates = updates.reshape(b, num_slots, h * dh)
+            if self.combine_heads is not None:
+                updates = self.combine_heads(updates)
+            new = gru(updates.reshape(-1, self.dim), prev.reshape(-1, self.dim), self.gru)
+            new = new.reshape(b, num_slots, self.dim)
+            new = new + self.mlp(self.norm_pre_ff(new))
+            return new, attn
+
+        attn = None
+        for it in range(self.iters):
+            last = it == self.iters - 1
+            if self.implicit_grad and not last:
+                with torch.no_grad():
+                    slots, _ = iterate(slots, False)
+                continue
+            if self.implicit_grad and last:
+                slots = slots.detach()
+            slots, attn = iterate(slots, return_attn and last)
+        if return_attn:
+            return slots, attn.mean(dim=1)
+        return slots
+
+
+class MultiHeadSlotAttention(SlotAttention):
+    """Drop-in for ``slot_attention.MultiHeadSlotAttention``: per-head softmax over slots,
+    q/k/v of width ``heads * dim_head`` and a ``combine_heads`` projection. Takes the same
+    keyword-only extensions as :class:`SlotAttention`."""
+
+    def __init__(
+        self,
+        num_slots: int,
+        dim: int,
+        heads: int = 4,
+        dim_head: int = 64,
+        iters: int = 3,
+        eps: float = 1e-8,
+        hidden_dim: int = 128,
+        **kwargs,
+    ):
+        super().__init__(num_slots, dim, iters, eps, hidden_dim, heads=heads, dim_head=dim_head, **kwargs)
