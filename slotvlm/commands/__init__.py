@@ -1,0 +1,1 @@
+"""Subcommands of the ``slotvlm`` CLI (see slotvlm/cli.py for the protocol)."""
