@@ -18,7 +18,7 @@ Layouts (last dimension contiguous; other strides free):
     varlen:  q [P, K, H, DH], k/v [T, H, DH], cu_seqlens int32 [P + 1], attn [H, K, T]
     out [P, K, H, DH] (q's dtype), den [P, H, K] fp32 (the un-clamped sum of weights).
 
-Grid: (P*H, D-chunks of the values, splits of N). A program reads its problem's q once per tile,
+Grid: (P*H x D-chunks of the values, splits of N); the D-chunks of a problem are neighbours. A program reads its problem's q once per tile,
 streams k (and v) over its token range once, and writes one D-chunk of the output. With more than
 one N split the programs write fp32 partial sums that the launcher adds up (deterministic, no
 atomics); with one split the program normalises and stores the output directly.
@@ -61,7 +61,7 @@ def _slot_softmax(
 ):
     """a [BLOCK_K, BLOCK_N] = softmax over slots of scale * q kᵀ for one tile of tokens (fp32)."""
     b_s = tl.zeros([BLOCK_K, BLOCK_N], dtype=tl.float32)
-    for d0 in tl.static_range(0, DH, BLOCK_DK):
+    for d0 in tl.range(0, DH, BLOCK_DK):
         o_dk = d0 + tl.arange(0, BLOCK_DK)
         m_dk = o_dk < DH
         b_q = tl.load(p_q + o_k[:, None] * s_qk + o_dk[None, :], mask=m_k[:, None] & m_dk[None, :], other=0.0)
@@ -106,9 +106,11 @@ def _slot_attn_fwd_kernel(
     DOT_PREC: tl.constexpr,
     HAS_MASK: tl.constexpr, IS_VARLEN: tl.constexpr, STORE_ATTN: tl.constexpr, NORMALIZE: tl.constexpr,
 ):
-    i_ph = tl.program_id(0).to(tl.int64)
-    i_d = tl.program_id(1)
-    i_s = tl.program_id(2)
+    # D-chunks of one problem are adjacent program ids, so they run together and share k/v in L2
+    NUM_D = (DH + BLOCK_DV - 1) // BLOCK_DV
+    i_d = tl.program_id(0) % NUM_D
+    i_ph = (tl.program_id(0) // NUM_D).to(tl.int64)
+    i_s = tl.program_id(1)
     i_p = i_ph // H
     i_h = i_ph % H
     bos, n_start, n_end = _token_range(cu_seqlens, i_p, i_s, N, N_PER_SPLIT, IS_VARLEN)
@@ -146,7 +148,7 @@ def _slot_attn_fwd_kernel(
             tl.store(den + i_ph * K + o_k, b_den, mask=m_k)
     else:
         # partials: ws_acc [S, P*H, K, DH], ws_den [S, P*H, K] (fp32, contiguous)
-        i_sph = i_s.to(tl.int64) * tl.num_programs(0) + i_ph
+        i_sph = i_s.to(tl.int64) * (tl.num_programs(0) // NUM_D) + i_ph
         p_w = ws_acc + (i_sph * K + o_k[:, None]) * DH + o_dv[None, :]
         tl.store(p_w, b_acc, mask=m_k[:, None] & m_dv[None, :])
         if i_d == 0:
@@ -188,9 +190,11 @@ def _slot_attn_bwd_kernel(
         dq    = ds k,  dk = ds^T q
     q/dq/out/dout/dattn share q's (out's) strides; k/dk share k's; v/dv share v's.
     """
-    i_ph = tl.program_id(0).to(tl.int64)
-    i_d = tl.program_id(1)
-    i_s = tl.program_id(2)
+    # D-chunks of one problem are adjacent program ids, so they run together and share k/v in L2
+    NUM_D = (DH + BLOCK_DV - 1) // BLOCK_DV
+    i_d = tl.program_id(0) % NUM_D
+    i_ph = (tl.program_id(0) // NUM_D).to(tl.int64)
+    i_s = tl.program_id(1)
     i_p = i_ph // H
     i_h = i_ph % H
     bos, n_start, n_end = _token_range(cu_seqlens, i_p, i_s, N, N_PER_SPLIT, IS_VARLEN)
@@ -207,12 +211,12 @@ def _slot_attn_bwd_kernel(
 
     # g[k] = <du[k], u[k]> and the clamped denominator
     b_g = tl.zeros([BLOCK_K], dtype=tl.float32)
-    for d0 in tl.static_range(0, DH, BLOCK_DK):
+    for d0 in tl.range(0, DH, BLOCK_DK):
         o_dk = d0 + tl.arange(0, BLOCK_DK)
         m_qd = m_k[:, None] & (o_dk < DH)[None, :]
-        b_u = tl.load(p_u + o_k[:, None] * s_ok + o_dk[None, :], mask=m_qd, other=0.0).to(tl.float32)
-        b_du = tl.load(p_du + o_k[:, None] * s_ok + o_dk[None, :], mask=m_qd, other=0.0).to(tl.float32)
-        b_g += tl.sum(b_u * b_du, axis=1)
+        b_o = tl.load(p_u + o_k[:, None] * s_ok + o_dk[None, :], mask=m_qd, other=0.0).to(tl.float32)
+        b_do = tl.load(p_du + o_k[:, None] * s_ok + o_dk[None, :], mask=m_qd, other=0.0).to(tl.float32)
+        b_g += tl.sum(b_o * b_do, axis=1)
     b_draw = tl.load(den + i_ph * K + o_k, mask=m_k, other=1.0)
     b_dc = tl.maximum(b_draw, floor)
     b_g = tl.where(b_draw >= floor, b_g, 0.0)
@@ -225,7 +229,7 @@ def _slot_attn_bwd_kernel(
         b_a = _slot_softmax(p_q, p_k, o_k, m_k, o_t, m_n, s_qk, s_kn, scale, DH, BLOCK_K, BLOCK_N, BLOCK_DK, DOT_PREC)
         # dW[k, n] = <du[k], v[n]>
         b_dw = tl.zeros([BLOCK_K, BLOCK_N], dtype=tl.float32)
-        for d0 in tl.static_range(0, DH, BLOCK_DK):
+        for d0 in tl.range(0, DH, BLOCK_DK):
             o_dk = d0 + tl.arange(0, BLOCK_DK)
             m_dk = o_dk < DH
             b_du = tl.load(p_du + o_k[:, None] * s_ok + o_dk[None, :], mask=m_k[:, None] & m_dk[None, :], other=0.0)
@@ -258,7 +262,7 @@ def _slot_attn_bwd_kernel(
         p_dq = dq + i_p * s_qp + i_h * s_qh + o_k[:, None] * s_qk + o_dv[None, :]
         tl.store(p_dq, b_dq.to(dq.dtype.element_ty), mask=m_qv)
     else:
-        i_sph = i_s.to(tl.int64) * tl.num_programs(0) + i_ph
+        i_sph = i_s.to(tl.int64) * (tl.num_programs(0) // NUM_D) + i_ph
         p_w = ws_dq + (i_sph * K + o_k[:, None]) * DH + o_dv[None, :]
         tl.store(p_w, b_dq, mask=m_qv)
 
@@ -268,31 +272,30 @@ def _next_pow2(x: int) -> int:
     return 1 << max(0, int(x) - 1).bit_length()
 
 
-def _gpu_configs() -> list[triton.Config]:
-    """Candidate tiles for H100/H200. Pruned per problem by :func:`_prune` (register budget)."""
-    configs = []
-    for bn in (16, 32, 64, 128):
-        for bdv in (32, 64, 128, 256, 512, 1024):
-            for stages in (2, 3):
-                warps = 4 if bn * bdv <= 8192 else 8
-                configs.append(
-                    triton.Config({"BLOCK_N": bn, "BLOCK_DV": bdv, "BLOCK_DK": min(bdv, 128)}, num_warps=warps, num_stages=stages)
-                )
-    return configs
+# Candidate tiles (BLOCK_N, BLOCK_DV, num_warps) for H100/H200. Chosen from sm_90 ahead-of-time
+# compiles (ptxas resource usage, bf16): these stay at <= 255 registers without spilling. The
+# backward holds more live tiles (a, dW, W, ds and the dk/dv blocks), hence its smaller tiles.
+_FWD_TILES = [(32, 1024, 8), (16, 1024, 8), (32, 512, 8), (64, 256, 8), (32, 256, 4), (64, 128, 4), (64, 64, 4), (32, 64, 4)]
+_BWD_TILES = [(16, 256, 8), (32, 128, 8), (64, 64, 8), (16, 128, 4), (32, 64, 4), (16, 64, 4)]
+
+
+def _gpu_configs(which: str) -> list[triton.Config]:
+    tiles = _FWD_TILES if which == "fwd" else _BWD_TILES
+    return [
+        triton.Config({"BLOCK_N": bn, "BLOCK_DV": bdv, "BLOCK_DK": min(bdv, 128)}, num_warps=w, num_stages=2)
+        for bn, bdv, w in tiles
+    ]
 
 
 def _prune(configs, named_args, **kwargs):
+    """Clamp the D tiles to the head width and drop the duplicates that leaves."""
     args = {**named_args, **kwargs}
     dhp = max(16, _next_pow2(args["DH"]))
-    bk = args["BLOCK_K"]
     kept, seen = [], set()
     for c in configs:
-        bn, bdv = c.kwargs["BLOCK_N"], c.kwargs["BLOCK_DV"]
-        bdv = min(bdv, dhp)
+        bn = c.kwargs["BLOCK_N"]
+        bdv = min(c.kwargs["BLOCK_DV"], dhp)
         bdk = min(c.kwargs["BLOCK_DK"], dhp)
-        # registers: the [BLOCK_N, BLOCK_DV] value tile and the [BLOCK_K, BLOCK_DV] fp32 accumulator
-        if bn * bdv > 32768 or bk * bdv > 16384:
-            continue
         key = (bn, bdv, bdk, c.num_warps, c.num_stages)
         if key in seen:
             continue
@@ -305,7 +308,7 @@ def _prune(configs, named_args, **kwargs):
 def _tuned(which: str):
     kernel = _slot_attn_fwd_kernel if which == "fwd" else _slot_attn_bwd_kernel
     return triton.autotune(
-        configs=_gpu_configs(),
+        configs=_gpu_configs(which),
         key=["K", "H", "DH", "BLOCK_K", "DOT_PREC"],
         prune_configs_by={"early_config_prune": _prune},
     )(kernel)
@@ -343,14 +346,14 @@ def _launch(kernel, grid_base, config, n_split, args: dict, device: torch.device
         ph = grid_base
 
         def grid(meta):
-            return (ph, triton.cdiv(args["DH"], meta["BLOCK_DV"]), n_split)
+            return (ph * triton.cdiv(args["DH"], meta["BLOCK_DV"]), n_split)
 
         tuned[grid](**args)
         return
     config = dict(config or _default_config(args["DH"]))
     num_warps = config.pop("num_warps", 4)
     num_stages = config.pop("num_stages", 2)
-    grid = (grid_base, triton.cdiv(args["DH"], config["BLOCK_DV"]), n_split)
+    grid = (grid_base * triton.cdiv(args["DH"], config["BLOCK_DV"]), n_split)
     kernel[grid](**args, **config, num_warps=num_warps, num_stages=num_stages)
 
 
