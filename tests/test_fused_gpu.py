@@ -120,3 +120,15 @@ def test_module_low_precision_error_within_2x_torch(dtype):
     _assert_within_2x("d inputs", o_dx, t_dx, e_dx, floor=1e-3)
     for name in e_p:
         _assert_within_2x(name, o_p[name], t_p[name], e_p[name], floor=1e-3)
+
+
+def test_module_under_autocast_matches_reference_under_autocast():
+    torch.manual_seed(0)
+    fast = SlotAttention(8, 128, backend="triton", deterministic_init=True).cuda()
+    ref = SlotAttention(8, 128, backend="torch", deterministic_init=True).cuda()
+    ref.load_state_dict(fast.state_dict())
+    x = torch.randn(8, 200, 128, device="cuda")
+    with torch.autocast("cuda", dtype=torch.bfloat16):
+        got, want = fast(x), ref(x)
+    exact = ref.double()(x.double())
+    _assert_within_2x("slots (autocast)", got, want, exact, floor=1e-3)

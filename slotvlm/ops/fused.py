@@ -307,4 +307,6 @@ def gru_cell(x: Tensor, h: Tensor, cell: torch.nn.GRUCell) -> Tensor:
     check_tensor("h", h, shape=(x.shape[0], cell.hidden_size), floating=True, device=x.device)
     gi = torch.nn.functional.linear(x, cell.weight_ih, cell.bias_ih)
     gh = torch.nn.functional.linear(h, cell.weight_hh, cell.bias_hh)
+    if h.dtype != gi.dtype:  # under autocast the GEMMs come back in bf16/fp16, like ATen's gru_cell
+        h = h.to(gi.dtype)
     return gru_gates(gi, gh, h)
