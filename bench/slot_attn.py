@@ -283,6 +283,17 @@ def time_cpu(fn, budget_s: float = 0.3, max_reps: int = 10) -> tuple[float, floa
     return q[0], q[1], q[2], None
 
 
+def _release(cuda: bool, provider: str) -> None:
+    """Free the previous case's tensors (and compiled graphs) so peak memory is per case."""
+    import gc
+
+    if provider == "compile":
+        torch._dynamo.reset()
+    gc.collect()
+    if cuda:
+        torch.cuda.empty_cache()
+
+
 # ------------------------------------------------------------------------------- reporting
 def device_name(device) -> str:
     if torch.device(device).type == "cuda":
@@ -361,8 +372,9 @@ def main(argv=None) -> int:
     meta = dict(commit=commit(), device=dev_name, torch=torch.__version__, triton=triton_version())
     print(f"device: {dev_name} | torch {meta['torch']} | triton {meta['triton']} | commit {meta['commit']} | {dtype}")
     if not cuda:
+        torch.set_num_threads(1)  # intra-op threads stall badly on a shared 2-core machine
         print(
-            "No CUDA GPU: running the reference providers only, at reduced sizes "
+            "No CUDA GPU (CPU timings use 1 thread): running the reference providers only, at reduced sizes "
             f"({', '.join(f'{n} P={s.P} N={s.N} D={s.D}' for n, s in CPU_SHAPES.items())}). "
             "The fused Triton kernels (provider slotvlm) and torch.compile need a GPU; run this "
             "script on an H100/H200 for the headline numbers."
@@ -379,6 +391,8 @@ def main(argv=None) -> int:
                 try:
                     fn = make_case(shape, provider, mode, device, dtype)
                     ms, p20, p80, peak = (time_gpu if cuda else time_cpu)(fn)
+                    del fn
+                    _release(cuda, provider)
                 except Skip as why:
                     skipped.setdefault((provider, str(why)), []).append(f"{shape_name}/{mode}")
                     continue
