@@ -358,7 +358,14 @@ def parse_args(argv=None):
 
 
 def main(argv=None) -> int:
-    args = parse_args(argv)
+    threads = torch.get_num_threads()
+    try:
+        return _run(parse_args(argv))
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _run(args) -> int:
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     cuda = device.type == "cuda"
     if cuda and os.environ.get("TRITON_INTERPRET") == "1":
