@@ -67,6 +67,7 @@ STEP_CASES = [
     pytest.param(2, 7, 1, 40, 37, False, id="odd-K7-D40-N37"),
     pytest.param(3, 7, 1, 40, 37, True, id="mask-with-all-padding-row"),
     pytest.param(2, 5, 3, 8, 21, True, id="multihead-H3"),
+    pytest.param(1, 20, 1, 16, 18, True, id="many-slots-K20"),
 ]
 
 
