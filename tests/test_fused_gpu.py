@@ -132,3 +132,9 @@ def test_module_under_autocast_matches_reference_under_autocast():
         got, want = fast(x), ref(x)
     exact = ref.double()(x.double())
     _assert_within_2x("slots (autocast)", got, want, exact, floor=1e-3)
+
+
+def test_auto_backend_keeps_fp64_on_the_reference():
+    model = SlotAttention(4, 32, backend="auto", deterministic_init=True).cuda().double()
+    x = torch.randn(1, 6, 32, device="cuda", dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(model, (x,), eps=1e-6, atol=1e-5)

@@ -11,7 +11,7 @@ import torch
 from torch import nn
 
 from .._checks import check_choice, check_positive_int, check_tensor, describe
-from ..backend import requested_backend, resolve_backend
+from ..backend import FUSED_DTYPES, requested_backend, resolve_backend
 from ..ops.slot_attention_ref import slot_attention_step_ref
 
 INITS = ("gaussian", "learned")
@@ -62,7 +62,8 @@ class SlotAttention(nn.Module):
         deterministic_init: with ``init="gaussian"``, start from the mean (no noise). Model code
             sets it for inference; ``forward(deterministic_init=...)`` overrides it per call.
         backend: ``"auto"``, ``"torch"`` or ``"triton"``; None reads ``$SLOTVLM_BACKEND``
-            (default ``"auto"``: Triton on CUDA tensors, the PyTorch reference on CPU).
+            (default ``"auto"``: Triton on CUDA tensors of dtype fp32/fp16/bf16, the PyTorch
+            reference on CPU and for other dtypes).
 
     Shapes:
         inputs ``[B, N, dim]`` → slots ``[B, K, dim]``; with ``return_attn=True`` also the last
@@ -151,6 +152,13 @@ class SlotAttention(nn.Module):
         sigma = self.slots_logsigma.exp().expand(batch, num_slots, -1)
         return mu + sigma * torch.randn(mu.shape, device=device, dtype=dtype)
 
+    def _backend_for(self, inputs: torch.Tensor) -> str:
+        """The concrete backend; ``"auto"`` keeps dtypes the kernels do not take (fp64) on the reference."""
+        backend = resolve_backend(self.backend, inputs.device)
+        if backend == "triton" and requested_backend(self.backend) == "auto" and inputs.dtype not in FUSED_DTYPES:
+            return "torch"
+        return backend
+
     def _start_slots(self, slots, batch, num_slots, inputs, deterministic_init):
         """The given starting slots, else the init (deterministic_init None = the module's switch)."""
         if slots is not None:
@@ -211,7 +219,7 @@ class SlotAttention(nn.Module):
         """
         num_slots = self._check_forward(inputs, num_slots, mask, slots)
         b, n, _ = inputs.shape
-        backend = resolve_backend(self.backend, inputs.device)
+        backend = self._backend_for(inputs)
         step, gru = _step_impl(backend)
         slots = self._start_slots(slots, b, num_slots, inputs, deterministic_init)
 
@@ -305,7 +313,7 @@ class SlotAttention(nn.Module):
         num_slots = num_slots if num_slots is not None else self.num_slots
         if slots is not None:
             check_tensor("slots", slots, shape=(p, None, self.dim), floating=True, device=inputs.device)
-        backend = resolve_backend(self.backend, inputs.device)
+        backend = self._backend_for(inputs)
         if backend == "torch":
             n = max(max_seqlen, 1)
             idx = torch.arange(n, device=inputs.device)

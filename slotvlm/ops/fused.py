@@ -27,10 +27,11 @@ from kernels import gru as _gru
 from kernels import slot_attention as _sa
 
 from .._checks import check_tensor, describe
+from ..backend import FUSED_DTYPES
 
 __all__ = ["slot_attention_step", "slot_attention_step_varlen", "gru_cell", "gru_gates"]
 
-SUPPORTED_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
+SUPPORTED_DTYPES = FUSED_DTYPES
 
 
 # ------------------------------------------------------------------------------------- guard
