@@ -100,7 +100,10 @@ def flops(shape: Shape, mode: str) -> float:
     """Model FLOPs (multiply-add = 2; no recomputation counted; tokens = real tokens).
 
     Module forward: k/v projections 4·T·D² plus per iteration q projection 2·PK·D², logits and
-    attn·v 4·PK·(T/P)·D, GRU GEMMs 12·PK·D², MLP 4·PK·D·hidden. Backward = 2x forward.
+    attn·v 4·PK·(T/P)·D, GRU GEMMs 12·PK·D², MLP 4·PK·D·hidden. Backward = 2x forward. These are
+    the reference algorithm's FLOPs; slotvlm's one-head path folds the k/v projections into the
+    slots and skips most of them, so module TFLOP/s are "reference work per second" and the
+    roofline column is only filled for the step modes.
     Step forward 4·K·T·D; step backward 8·K·T·D (dW, dv, dq, dk).
     """
     T = sum(shape.lengths())
@@ -412,7 +415,7 @@ def _run(args) -> int:
                 b = bytes_moved(shape, mode, torch.finfo(dtype).bits // 8)
                 tflops, gbps = f / ms / 1e9, b / ms / 1e6
                 roof = ""
-                if peaks is not None:
+                if peaks is not None and mode.startswith("step"):
                     roof = f"{100 * max(f / peaks[0], b / peaks[1]) * 1e3 / ms:.0f}"
                 ratio = f"{eager_ms / ms:.2f}" if eager_ms else ""
                 mib = f"{peak:.0f}" if peak is not None else "n/a"

@@ -56,10 +56,10 @@ def _token_range(cu_seqlens, i_p, i_s, N, N_PER_SPLIT, IS_VARLEN: tl.constexpr):
 
 @triton.jit
 def _slot_softmax(
-    p_q, p_k, o_k, m_k, o_t, m_n, s_qk, s_kn, scale,
+    p_q, p_k, o_k, m_k, o_t, m_n, s_qk, s_kn, scale, b_c,
     DH: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_DK: tl.constexpr, DOT_PREC: tl.constexpr,
 ):
-    """a [BLOCK_K, BLOCK_N] = softmax over slots of scale * q kᵀ for one tile of tokens (fp32)."""
+    """a [BLOCK_K, BLOCK_N] = softmax over slots of scale * (q kᵀ + c) for one tile of tokens (fp32)."""
     b_s = tl.zeros([BLOCK_K, BLOCK_N], dtype=tl.float32)
     for d0 in tl.range(0, DH, BLOCK_DK):
         o_dk = d0 + tl.arange(0, BLOCK_DK)
@@ -67,7 +67,7 @@ def _slot_softmax(
         b_q = tl.load(p_q + o_k[:, None] * s_qk + o_dk[None, :], mask=m_k[:, None] & m_dk[None, :], other=0.0)
         b_kt = tl.load(p_k + o_t[None, :] * s_kn + o_dk[:, None], mask=m_dk[:, None] & m_n[None, :], other=0.0)
         b_s += tl.dot(b_q, b_kt, input_precision=DOT_PREC)
-    b_s = tl.where(m_k[:, None], b_s * scale, float("-inf"))
+    b_s = tl.where(m_k[:, None], (b_s + b_c[:, None]) * scale, float("-inf"))
     b_e = tl.exp(b_s - tl.max(b_s, axis=0)[None, :])
     return b_e / tl.sum(b_e, axis=0)[None, :]
 
@@ -86,12 +86,13 @@ def _valid_tokens(mask, i_p, s_mp, o_n, m_n, HAS_MASK: tl.constexpr):
         "HAS_MASK": lambda args: args["mask"] is not None,
         "IS_VARLEN": lambda args: args["cu_seqlens"] is not None,
         "STORE_ATTN": lambda args: args["attn"] is not None,
+        "HAS_BIAS": lambda args: args["bias"] is not None,
         "NORMALIZE": lambda args: args["ws_acc"] is None,
     }
 )
 @triton.jit(do_not_specialize=["N", "N_PER_SPLIT"])
 def _slot_attn_fwd_kernel(
-    q, k, v, mask, cu_seqlens,
+    q, k, v, mask, cu_seqlens, bias,
     out, den, ws_acc, ws_den, attn,
     scale, eps, floor,
     N, N_PER_SPLIT,
@@ -105,6 +106,7 @@ def _slot_attn_fwd_kernel(
     BLOCK_K: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_DK: tl.constexpr, BLOCK_DV: tl.constexpr,
     DOT_PREC: tl.constexpr,
     HAS_MASK: tl.constexpr, IS_VARLEN: tl.constexpr, STORE_ATTN: tl.constexpr, NORMALIZE: tl.constexpr,
+    HAS_BIAS: tl.constexpr,
 ):
     # D-chunks of one problem are adjacent program ids, so they run together and share k/v in L2
     NUM_D = (DH + BLOCK_DV - 1) // BLOCK_DV
@@ -122,6 +124,9 @@ def _slot_attn_fwd_kernel(
     p_q = q + i_p * s_qp + i_h * s_qh
     p_k = k + i_p * s_kp + i_h * s_kh
     p_v = v + i_p * s_vp + i_h * s_vh
+    b_c = tl.zeros([BLOCK_K], dtype=tl.float32)  # per-slot logit bias (projected-key form)
+    if HAS_BIAS:
+        b_c = tl.load(bias + i_ph * K + o_k, mask=m_k, other=0.0).to(tl.float32)
 
     b_acc = tl.zeros([BLOCK_K, BLOCK_DV], dtype=tl.float32)
     b_den = tl.zeros([BLOCK_K], dtype=tl.float32)
@@ -129,7 +134,7 @@ def _slot_attn_fwd_kernel(
         o_n = n0 + tl.arange(0, BLOCK_N)
         m_n = o_n < n_end
         o_t = bos + o_n  # token index in the (padded or packed) sequence dimension
-        b_a = _slot_softmax(p_q, p_k, o_k, m_k, o_t, m_n, s_qk, s_kn, scale, DH, BLOCK_K, BLOCK_N, BLOCK_DK, DOT_PREC)
+        b_a = _slot_softmax(p_q, p_k, o_k, m_k, o_t, m_n, s_qk, s_kn, scale, b_c, DH, BLOCK_K, BLOCK_N, BLOCK_DK, DOT_PREC)
         m_w = m_k[:, None] & _valid_tokens(mask, i_p, s_mp, o_n, m_n, HAS_MASK)[None, :]
         b_w = tl.where(m_w, b_a + eps, 0.0)
         b_den += tl.sum(b_w, axis=1)
@@ -160,13 +165,14 @@ def _slot_attn_fwd_kernel(
         "HAS_MASK": lambda args: args["mask"] is not None,
         "IS_VARLEN": lambda args: args["cu_seqlens"] is not None,
         "HAS_DATTN": lambda args: args["dattn"] is not None,
+        "HAS_BIAS": lambda args: args["bias"] is not None,
         "NORMALIZE": lambda args: args["ws_dq"] is None,
     }
 )
 @triton.jit(do_not_specialize=["N", "N_PER_SPLIT"])
 def _slot_attn_bwd_kernel(
-    q, k, v, mask, cu_seqlens, out, dout, den, dattn,
-    dq, dk, dv, ws_dq,
+    q, k, v, mask, cu_seqlens, bias, out, dout, den, dattn,
+    dq, dk, dv, ws_dq, dbias, ws_dbias,
     scale, eps, floor,
     N, N_PER_SPLIT,
     s_qp, s_qk, s_qh,
@@ -179,6 +185,7 @@ def _slot_attn_bwd_kernel(
     BLOCK_K: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_DK: tl.constexpr, BLOCK_DV: tl.constexpr,
     DOT_PREC: tl.constexpr,
     HAS_MASK: tl.constexpr, IS_VARLEN: tl.constexpr, HAS_DATTN: tl.constexpr, NORMALIZE: tl.constexpr,
+    HAS_BIAS: tl.constexpr,
 ):
     """Gradients of the step, recomputing s, a, w per tile.
 
@@ -187,7 +194,7 @@ def _slot_attn_bwd_kernel(
         dw    = (dW - g * [den >= floor]) / max(den, floor)
         da    = dw * valid (+ dattn * valid)
         ds    = a * (da - sum_k a * da) * scale
-        dq    = ds k,  dk = ds^T q
+        dq    = ds k,  dk = ds^T q,  dbias = sum_n ds
     q/dq/out/dout/dattn share q's (out's) strides; k/dk share k's; v/dv share v's.
     """
     # D-chunks of one problem are adjacent program ids, so they run together and share k/v in L2
@@ -206,6 +213,9 @@ def _slot_attn_bwd_kernel(
     p_q = q + i_p * s_qp + i_h * s_qh
     p_k = k + i_p * s_kp + i_h * s_kh
     p_v = v + i_p * s_vp + i_h * s_vh
+    b_c = tl.zeros([BLOCK_K], dtype=tl.float32)  # per-slot logit bias (projected-key form)
+    if HAS_BIAS:
+        b_c = tl.load(bias + i_ph * K + o_k, mask=m_k, other=0.0).to(tl.float32)
     p_u = out + i_p * s_op + i_h * s_oh
     p_du = dout + i_p * s_op + i_h * s_oh
 
@@ -222,11 +232,12 @@ def _slot_attn_bwd_kernel(
     b_g = tl.where(b_draw >= floor, b_g, 0.0)
 
     b_dq = tl.zeros([BLOCK_K, BLOCK_DV], dtype=tl.float32)
+    b_dbias = tl.zeros([BLOCK_K], dtype=tl.float32)
     for n0 in tl.range(n_start, n_end, BLOCK_N):
         o_n = n0 + tl.arange(0, BLOCK_N)
         m_n = o_n < n_end
         o_t = bos + o_n
-        b_a = _slot_softmax(p_q, p_k, o_k, m_k, o_t, m_n, s_qk, s_kn, scale, DH, BLOCK_K, BLOCK_N, BLOCK_DK, DOT_PREC)
+        b_a = _slot_softmax(p_q, p_k, o_k, m_k, o_t, m_n, s_qk, s_kn, scale, b_c, DH, BLOCK_K, BLOCK_N, BLOCK_DK, DOT_PREC)
         # dW[k, n] = <du[k], v[n]>
         b_dw = tl.zeros([BLOCK_K, BLOCK_N], dtype=tl.float32)
         for d0 in tl.range(0, DH, BLOCK_DK):
@@ -243,6 +254,8 @@ def _slot_attn_bwd_kernel(
             b_dat = tl.load(p_da, mask=m_k[:, None] & m_n[None, :], other=0.0).to(tl.float32)
             b_da += tl.where(m_w, b_dat, 0.0)
         b_ds = b_a * (b_da - tl.sum(b_a * b_da, axis=0)[None, :]) * scale
+        if HAS_BIAS:
+            b_dbias += tl.sum(b_ds, axis=1)
         # this program's D-chunk of dq, dk, dv
         m_qv = m_k[:, None] & m_dv[None, :]
         m_nv = m_n[:, None] & m_dv[None, :]
@@ -261,10 +274,16 @@ def _slot_attn_bwd_kernel(
     if NORMALIZE:
         p_dq = dq + i_p * s_qp + i_h * s_qh + o_k[:, None] * s_qk + o_dv[None, :]
         tl.store(p_dq, b_dq.to(dq.dtype.element_ty), mask=m_qv)
+        if HAS_BIAS:
+            if i_d == 0:
+                tl.store(dbias + i_ph * K + o_k, b_dbias, mask=m_k)
     else:
         i_sph = i_s.to(tl.int64) * (tl.num_programs(0) // NUM_D) + i_ph
         p_w = ws_dq + (i_sph * K + o_k[:, None]) * DH + o_dv[None, :]
         tl.store(p_w, b_dq, mask=m_qv)
+        if HAS_BIAS:
+            if i_d == 0:
+                tl.store(ws_dbias + i_sph * K + o_k, b_dbias, mask=m_k)
 
 
 # ------------------------------------------------------------------------------------ launchers
@@ -357,7 +376,7 @@ def _launch(kernel, grid_base, config, n_split, args: dict, device: torch.device
     kernel[grid](**args, **config, num_warps=num_warps, num_stages=num_stages)
 
 
-def _common_args(q, k, v, mask, cu_seqlens, max_seqlen, n_split, attn, *, scale, eps):
+def _common_args(q, k, v, mask, cu_seqlens, bias, max_seqlen, n_split, attn, *, scale, eps):
     """Arguments both kernels share, the number of N splits, and the per-split token count."""
     P, K, H, DH = q.shape
     if cu_seqlens is None:
@@ -377,7 +396,7 @@ def _common_args(q, k, v, mask, cu_seqlens, max_seqlen, n_split, attn, *, scale,
         s_a = (0, attn.stride(0), attn.stride(1))
     S = n_split if n_split is not None else _n_split(P * H, max_n, q.device)
     args = dict(
-        q=q, k=k, v=v, mask=mask, cu_seqlens=cu_seqlens,
+        q=q, k=k, v=v, mask=mask, cu_seqlens=cu_seqlens, bias=bias,
         scale=float(scale), eps=float(eps), floor=DENOM_FLOOR,
         N=N, N_PER_SPLIT=triton.cdiv(max(max_n, 1), S),
         s_qp=q.stride(0), s_qk=q.stride(1), s_qh=q.stride(2),
@@ -403,6 +422,7 @@ def slot_attention_fwd(
     return_attn: bool = False,
     config: dict | None = None,
     n_split: int | None = None,
+    bias: torch.Tensor | None = None,
 ):
     """Forward launcher. Returns ``(out [P,K,H,DH], den fp32 [P,H,K], attn or None)``.
 
@@ -411,14 +431,15 @@ def slot_attention_fwd(
     Tensors must have a contiguous last dimension (the public wrappers make them contiguous).
     ``config`` (``BLOCK_N``, ``BLOCK_DV``, ``BLOCK_DK``, optional ``num_warps``/``num_stages``)
     and ``n_split`` override autotuning and the split heuristic (tests use them to reach every
-    path).
+    path). ``bias`` (fp32 ``[P, H, K]``, contiguous) is added to ``q·kᵀ`` before the scale:
+    the projected-key form ``q·(W x + b) = (Wᵀq)·x + q·b``.
     """
     P, K, H, DH = q.shape
     attn = None
     if return_attn:
         shape = (P, H, K, k.shape[1]) if cu_seqlens is None else (H, K, k.shape[0])
         attn = torch.zeros(shape, device=q.device, dtype=q.dtype)
-    args, S = _common_args(q, k, v, mask, cu_seqlens, max_seqlen, n_split, attn, scale=scale, eps=eps)
+    args, S = _common_args(q, k, v, mask, cu_seqlens, bias, max_seqlen, n_split, attn, scale=scale, eps=eps)
     out = torch.empty_like(q, memory_format=torch.contiguous_format)
     den = torch.empty((P, H, K), device=q.device, dtype=torch.float32)
     ws_acc = ws_den = None
@@ -439,8 +460,9 @@ def slot_attention_fwd(
 def slot_attention_bwd(
     q, k, v, mask, cu_seqlens, max_seqlen, out, dout, den, dattn=None,
     *, scale: float, eps: float, config: dict | None = None, n_split: int | None = None,
+    bias: torch.Tensor | None = None,
 ):
-    """Backward launcher. Returns ``(dq, dk, dv)`` shaped (and strided) like q, k, v.
+    """Backward launcher. Returns ``(dq, dk, dv, dbias or None)``, dq/dk/dv strided like q, k, v.
 
     q, ``out`` and ``dout`` ``[P, K, H, DH]`` must share strides (the caller makes them
     contiguous); ``den`` is the forward's ``[P, H, K]`` fp32; ``dattn`` the gradient of the
@@ -451,7 +473,7 @@ def slot_attention_bwd(
         raise ValueError(
             f"slot_attention_bwd: out/dout must have q's strides {q.stride()}, got {out.stride()} and {dout.stride()}"
         )
-    args, S = _common_args(q, k, v, mask, cu_seqlens, max_seqlen, n_split, dattn, scale=scale, eps=eps)
+    args, S = _common_args(q, k, v, mask, cu_seqlens, bias, max_seqlen, n_split, dattn, scale=scale, eps=eps)
     dq = torch.empty_like(q)
     # packed layouts: tokens past cu_seqlens[-1] (if any) belong to no problem and get zeros
     dk = torch.zeros_like(k) if cu_seqlens is not None else torch.empty_like(k)
@@ -459,10 +481,17 @@ def slot_attention_bwd(
     if dk.stride() != k.stride() or dv.stride() != v.stride() or dq.stride() != q.stride():
         raise ValueError("slot_attention_bwd: q, k, v must be dense (their gradients share their strides)")
     ws_dq = torch.empty((S, P, H, K, DH), device=q.device, dtype=torch.float32) if S > 1 else None
+    dbias = ws_dbias = None
+    if bias is not None:
+        dbias = torch.empty((P, H, K), device=q.device, dtype=torch.float32)
+        ws_dbias = torch.empty((S, P, H, K), device=q.device, dtype=torch.float32) if S > 1 else None
     args.update(out=out, dout=dout, den=den, dattn=dattn, dq=dq, dk=dk, dv=dv, ws_dq=ws_dq,
+                dbias=dbias, ws_dbias=ws_dbias,
                 s_op=q.stride(0), s_ok=q.stride(1), s_oh=q.stride(2))
     if P * H > 0:
         _launch(_slot_attn_bwd_kernel, P * H, config, S, args, q.device)
     if S > 1:
         dq.copy_(ws_dq.sum(0).transpose(1, 2))
-    return dq, dk, dv
+        if bias is not None:
+            dbias = ws_dbias.sum(0)
+    return dq, dk, dv, dbias

@@ -36,7 +36,8 @@ def _have_ptxas() -> bool:
 
     bundled = Path(triton.__file__).parent / "backends" / "nvidia" / "bin" / "ptxas"
     return bundled.exists() or bool(os.environ.get("TRITON_PTXAS_PATH")) or shutil.which("ptxas") is not None
-POINTERS = {"den": "fp32", "ws_acc": "fp32", "ws_den": "fp32", "ws_dq": "fp32", "mask": "u8", "cu_seqlens": "i32"}
+POINTERS = {"den": "fp32", "ws_acc": "fp32", "ws_den": "fp32", "ws_dq": "fp32", "mask": "u8", "cu_seqlens": "i32",
+            "bias": "fp32", "dbias": "fp32", "ws_dbias": "fp32"}
 FLOATS = {"scale", "eps", "floor"}
 
 
@@ -56,17 +57,23 @@ def compile_kernel(kernel, dtype: str, constexprs: dict, num_warps: int) -> None
     triton.compile(src, target=TARGET, options={"num_warps": num_warps, "num_stages": 2})
 
 
-def slot_attn_constexprs(which, dtype, K, DH, tile, *, mask, varlen, attn, split):
+def kernel_args(kernel) -> list[str]:
+    return (kernel.fn if hasattr(getattr(kernel, "fn", None), "arg_names") else kernel).arg_names
+
+
+def slot_attn_constexprs(which, dtype, K, DH, tile, *, mask, varlen, attn, split, bias):
     bn, bdv, _ = tile
     c = dict(K=K, H=2, DH=DH, BLOCK_K=max(16, triton.next_power_of_2(K)), BLOCK_N=bn, BLOCK_DV=bdv,
              BLOCK_DK=min(bdv, 128), DOT_PREC="ieee" if dtype == "fp32" else "tf32",
-             HAS_MASK=mask, IS_VARLEN=varlen, NORMALIZE=not split)
+             HAS_MASK=mask, IS_VARLEN=varlen, NORMALIZE=not split, HAS_BIAS=bias)
     c["STORE_ATTN" if which == "fwd" else "HAS_DATTN"] = attn
     for flag, name in (("HAS_MASK", "mask"), ("IS_VARLEN", "cu_seqlens"), ("STORE_ATTN", "attn"), ("HAS_DATTN", "dattn")):
         if flag in c and not c[flag]:
             c[name] = None
+    if not bias:
+        c.update(bias=None, dbias=None, ws_dbias=None)
     if not split:
-        c.update(ws_acc=None, ws_den=None, ws_dq=None)
+        c.update(ws_acc=None, ws_den=None, ws_dq=None, ws_dbias=None)
     return c
 
 
@@ -78,10 +85,10 @@ def main() -> int:
     for which, kernel, tiles in (("fwd", ksa._slot_attn_fwd_kernel, ksa._FWD_TILES), ("bwd", ksa._slot_attn_bwd_kernel, ksa._BWD_TILES)):
         args = kernel.fn.arg_names
         for dtype, K, DH, tile, flags in (
-            ("bf16", 8, 1024, tiles[0], dict(mask=False, varlen=False, attn=False, split=False)),
-            ("bf16", 7, 64, tiles[-1], dict(mask=True, varlen=False, attn=True, split=True)),
-            ("fp16", 8, 128, tiles[-1], dict(mask=False, varlen=True, attn=True, split=False)),
-            ("fp32", 7, 40, (16, 64, 4), dict(mask=True, varlen=False, attn=False, split=True)),
+            ("bf16", 8, 1024, tiles[0], dict(mask=False, varlen=False, attn=False, split=False, bias=True)),
+            ("bf16", 7, 64, tiles[-1], dict(mask=True, varlen=False, attn=True, split=True, bias=True)),
+            ("fp16", 8, 128, tiles[-1], dict(mask=False, varlen=True, attn=True, split=False, bias=False)),
+            ("fp32", 7, 40, (16, 64, 4), dict(mask=True, varlen=False, attn=False, split=True, bias=False)),
         ):
             c = {k: v for k, v in slot_attn_constexprs(which, dtype, K, DH, tile, **flags).items() if k in args}
             cases.append((f"{kernel.fn.__name__} {dtype} K={K} DH={DH} tile={tile} {flags}", kernel, dtype, c, tile[2]))
@@ -89,6 +96,10 @@ def main() -> int:
         for dtype in ("bf16", "fp32"):
             cases.append((f"{kernel.__name__} {dtype}", kernel, dtype, dict(D=1024, BLOCK_M=16, BLOCK_D=256), 4))
     for label, kernel, dtype, constexprs, warps in cases:
+        flags = {n for n in kernel_args(kernel) if n.isupper() and n.startswith(("HAS_", "IS_", "STORE_", "NORMALIZE"))}
+        missing = flags - set(constexprs)
+        if missing:
+            raise SystemExit(f"{label}: flags without a value: {sorted(missing)}")
         compile_kernel(kernel, dtype, constexprs, warps)
         print("compiled", label, flush=True)
     return 0

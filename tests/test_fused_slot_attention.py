@@ -98,20 +98,65 @@ def test_step_without_attn_returns_none():
     close(u, slot_attention_step_ref(q.double(), k.double(), v.double(), scale=0.25)[0], "updates")
 
 
-def test_split_paths_of_the_launchers():
-    """N split across programs (fp32 partial sums) and D split of the values, fwd and bwd."""
-    q, k, v, mask = _step_inputs(2, 7, 2, 40, 37, True)
+@pytest.mark.parametrize("n_split,block", [(1, 64), (3, 16)], ids=["one-program", "N-split-3-D-split"])
+def test_launchers_with_logit_bias_and_splits(n_split, block):
+    """The launchers' paths: N split across programs (fp32 partial sums), D split of the values,
+    and the per-slot logit bias (the projected-key form), forward and backward. The reference
+    appends the bias as an extra key channel: q·k + c = [q, c]·[k, 1]."""
+    P, K, H, Dh, N = 2, 7, 2, 40, 37
+    q, k, v, mask = _step_inputs(P, K, H, Dh, N, True)
+    bias = torch.randn(P, H, K)
     scale = 40**-0.5
-    cfg = {"BLOCK_N": 16, "BLOCK_DV": 16, "BLOCK_DK": 16}
+    cfg = {"BLOCK_N": 16, "BLOCK_DV": block, "BLOCK_DK": block}
     m8 = mask.view(torch.uint8)
-    out, den, attn = ksa.slot_attention_fwd(q, k, v, m8, scale=scale, eps=1e-8, return_attn=True, config=cfg, n_split=3)
-    du, da = torch.randn_like(out), torch.randn_like(attn)
-    dq, dk, dv = ksa.slot_attention_bwd(
-        q, k, v, m8, None, None, out, du, den, da, scale=scale, eps=1e-8, config=cfg, n_split=3
+    out, den, attn = ksa.slot_attention_fwd(
+        q, k, v, m8, scale=scale, eps=1e-8, return_attn=True, config=cfg, n_split=n_split, bias=bias
     )
-    ru, ra, rdq, rdk, rdv = _ref_step_grads(q, k, v, mask, scale, du, da)
-    for got, want, name in [(out, ru, "updates"), (attn, ra, "attn"), (dq, rdq, "dq"), (dk, rdk, "dk"), (dv, rdv, "dv")]:
-        close(got, want, name)
+    du, da = torch.randn_like(out), torch.randn_like(attn)
+    dq, dk, dv, dbias = ksa.slot_attention_bwd(
+        q, k, v, m8, None, None, out, du, den, da, scale=scale, eps=1e-8, config=cfg, n_split=n_split, bias=bias
+    )
+    q_aug = torch.cat([q, bias.transpose(1, 2)[..., None]], dim=-1)  # [P, K, H, Dh + 1]
+    k_aug = torch.cat([k, torch.ones(P, N, H, 1)], dim=-1)
+    qd, kd, vd = (t.double().requires_grad_() for t in (q_aug, k_aug, v))
+    ru, ra = slot_attention_step_ref(qd, kd, vd, mask, scale=scale, eps=1e-8, return_attn=True)
+    ((ru * du.double()).sum() + (ra * da.double()).sum()).backward()
+    close(out, ru, "updates")
+    close(attn, ra, "attn")
+    close(dq, qd.grad[..., :Dh], "dq")
+    close(dbias, qd.grad[..., Dh].transpose(1, 2), "dbias")
+    close(dk, kd.grad[..., :Dh], "dk")
+    close(dv, vd.grad, "dv")
+
+
+def test_projected_step_equals_step_on_projected_keys():
+    """Folding W_k, W_v into the slots gives the step on k = x W_kᵀ + b_k, v = x W_vᵀ + b_v,
+    padded with an all-padding row and packed with an empty sequence."""
+    P, K, D, Din, N = 3, 5, 24, 20, 17
+    q, x = torch.randn(P, K, D), torch.randn(P, N, Din)
+    wk, bk, wv, bv = torch.randn(D, Din) / 5, torch.randn(D), torch.randn(D, Din) / 5, torch.randn(D)
+    mask = torch.rand(P, N) > 0.3
+    mask[1] = False
+    leaves = [t.clone().requires_grad_() for t in (q, x, wk, bk, wv, bv)]
+    u, a = fused.slot_attention_step_projected(*leaves[:2], *leaves[2:], mask, scale=D**-0.5, return_attn=True)
+    g, ga = torch.randn_like(u), torch.randn_like(a)
+    ((u * g).sum() + (a * ga).sum()).backward()
+    ref = [t.double().requires_grad_() for t in (q, x, wk, bk, wv, bv)]
+    rq, rx, rwk, rbk, rwv, rbv = ref
+    kk = torch.nn.functional.linear(rx, rwk, rbk).unsqueeze(2)
+    vv = torch.nn.functional.linear(rx, rwv, rbv).unsqueeze(2)
+    ru, ra = slot_attention_step_ref(rq.unsqueeze(2), kk, vv, mask, scale=D**-0.5, return_attn=True)
+    ((ru.squeeze(2) * g.double()).sum() + (ra * ga.double()).sum()).backward()
+    close(u, ru.squeeze(2), "updates")
+    close(a, ra, "attn")
+    for name, got, want in zip(("dq", "dx", "dW_k", "db_k", "dW_v", "db_v"), leaves, ref):
+        close(got.grad, want.grad, name)
+    assert u[1].abs().max() == 0  # all padding: zero updates (no b_v either)
+    # packed
+    lengths = mask.sum(1).tolist()
+    cu = torch.tensor([0] + torch.tensor(lengths).cumsum(0).tolist(), dtype=torch.int32)
+    up, _ = fused.slot_attention_step_projected(q, x[mask], wk, bk, wv, bv, None, cu, scale=D**-0.5)
+    close(up, ru.squeeze(2), "updates (packed)")
 
 
 def _pack(k, lengths):
@@ -190,7 +235,13 @@ MODULE_CASES = [
     pytest.param(lambda **kw: MultiHeadSlotAttention(5, 24, heads=2, dim_head=12, iters=2, **kw), 19, False, id="multihead"),
     pytest.param(lambda **kw: SlotAttention(4, 16, iters=3, init="learned", **kw), 21, True, id="learned-init-3-iters"),
     pytest.param(lambda **kw: SlotAttention(4, 16, iters=3, implicit_grad=True, **kw), 21, False, id="implicit-grad"),
+    pytest.param(lambda **kw: _unfolded(SlotAttention(5, 24, iters=2, **kw)), 19, True, id="explicit-kv (unfolded)"),
 ]
+
+
+def _unfolded(module):
+    module.fold_projections = False
+    return module
 
 
 @pytest.mark.parametrize("make,N,masked", MODULE_CASES)
@@ -293,19 +344,22 @@ def _opcheck(op, args):
 
 def test_opcheck_slot_attn_fwd_padded_with_mask():
     q, k, v, mask = _step_inputs(2, 3, 1, 16, 9, True)
-    _opcheck(torch.ops.slotvlm.slot_attn_fwd.default, (q.requires_grad_(), k.requires_grad_(), v, mask, None, 9, 0.25, 1e-8, True))
+    bias = torch.randn(2, 1, 3, requires_grad=True)
+    _opcheck(torch.ops.slotvlm.slot_attn_fwd.default, (q.requires_grad_(), k.requires_grad_(), v, mask, None, bias, 9, 0.25, 1e-8, True))
 
 
 def test_opcheck_slot_attn_fwd_varlen():
     q, k, v, _ = _step_inputs(2, 3, 2, 16, 9, False)
     cu = torch.tensor([0, 4, 9], dtype=torch.int32)
-    _opcheck(torch.ops.slotvlm.slot_attn_fwd.default, (q.requires_grad_(), k[0], v[0].requires_grad_(), None, cu, 5, 0.25, 1e-8, False))
+    _opcheck(torch.ops.slotvlm.slot_attn_fwd.default, (q.requires_grad_(), k[0], v[0].requires_grad_(), None, cu, None, 5, 0.25, 1e-8, False))
 
 
 def test_opcheck_slot_attn_bwd():
     q, k, v, mask = _step_inputs(2, 3, 1, 16, 9, True)
-    out, den, _ = torch.ops.slotvlm.slot_attn_fwd(q, k, v, mask, None, 9, 0.25, 1e-8, False)
-    _opcheck(torch.ops.slotvlm.slot_attn_bwd.default, (q, k, v, mask, None, 9, out, torch.randn_like(out), den, None, 0.25, 1e-8))
+    bias = torch.randn(2, 1, 3)
+    out, den, _ = torch.ops.slotvlm.slot_attn_fwd(q, k, v, mask, None, bias, 9, 0.25, 1e-8, False)
+    args = (q, k, v, mask, None, bias, 9, out, torch.randn_like(out), den, None, 0.25, 1e-8)
+    _opcheck(torch.ops.slotvlm.slot_attn_bwd.default, args)
 
 
 def test_opcheck_gru_gates_and_bwd():

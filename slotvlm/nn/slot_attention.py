@@ -70,6 +70,11 @@ class SlotAttention(nn.Module):
         iteration's attention ``[B, K, N]`` (softmax over slots, averaged over heads, 0 at padding).
     """
 
+    # With one head, the triton backend folds the key/value projections into the slots
+    # (see slotvlm.ops.fused.slot_attention_step_projected): k and v are never formed. Set to False
+    # (on the class or an instance) to run the kernels on explicit k and v instead.
+    fold_projections: bool = True
+
     def __init__(
         self,
         num_slots: int,
@@ -218,23 +223,42 @@ class SlotAttention(nn.Module):
             slots ``[B, K, dim]``, or ``(slots, attn)`` with ``return_attn=True``.
         """
         num_slots = self._check_forward(inputs, num_slots, mask, slots)
-        b, n, _ = inputs.shape
+        b = inputs.shape[0]
         backend = self._backend_for(inputs)
         step, gru = _step_impl(backend)
         slots = self._start_slots(slots, b, num_slots, inputs, deterministic_init)
 
-        x = self.norm_input(inputs)
-        h, dh = self.heads, self.dim_head
-        k = self.to_k(x).view(b, n, h, dh)
-        v = self.to_v(x).view(b, n, h, dh)
-
-        def attend(q, want_attn):
-            return step(q, k, v, mask, scale=self.scale, eps=self.eps, return_attn=want_attn)
-
+        attend = self._attender(backend, step, self.norm_input(inputs), mask=mask)
         slots, attn = self._iterate(slots, attend, gru, return_attn)
         if return_attn:
             return slots, attn.mean(dim=1)
         return slots
+
+    def _attender(self, backend, step, x, *, mask=None, cu_seqlens=None, max_seqlen=None):
+        """``attend(q [P, K, H, Dh], want_attn) -> (updates [P, K, H, Dh], attn | None)`` over the
+        normalised inputs x (``[P, N, dim]``, or ``[T, dim]`` packed with cu_seqlens)."""
+        h, dh = self.heads, self.dim_head
+        kw = dict(scale=self.scale, eps=self.eps)
+        if backend == "triton" and self.combine_heads is None and self.fold_projections:
+            from ..ops.fused import slot_attention_step_projected  # noqa: PLC0415
+
+            def attend_projected(q, want_attn):
+                updates, attn = slot_attention_step_projected(
+                    q.flatten(2), x, self.to_k.weight, self.to_k.bias, self.to_v.weight, self.to_v.bias,
+                    mask, cu_seqlens, max_seqlen, return_attn=want_attn, **kw,
+                )
+                return updates.view(q.shape), attn
+
+            return attend_projected
+        k = self.to_k(x).unflatten(-1, (h, dh))
+        v = self.to_v(x).unflatten(-1, (h, dh))
+        if cu_seqlens is None:
+            return lambda q, want_attn: step(q, k, v, mask, return_attn=want_attn, **kw)
+        from ..ops.fused import slot_attention_step_varlen  # noqa: PLC0415
+
+        return lambda q, want_attn: slot_attention_step_varlen(
+            q, k, v, cu_seqlens, max_seqlen, return_attn=want_attn, **kw
+        )
 
     def _iterate(self, slots, attend, gru, return_attn):
         """The refinement loop shared by :meth:`forward` and :meth:`forward_varlen`.
@@ -337,20 +361,11 @@ class SlotAttention(nn.Module):
                 f"num_slots={num_slots} differs from the learned slot table's {self.num_slots} "
                 "(init='learned' has a fixed number of slots)"
             )
-        _, gru = _step_impl(backend)
-        from ..ops.fused import slot_attention_step_varlen  # noqa: PLC0415
-
+        step, gru = _step_impl(backend)
         slots = self._start_slots(slots, p, num_slots, inputs, deterministic_init)
-        x = self.norm_input(inputs)
-        h, dh = self.heads, self.dim_head
-        k = self.to_k(x).view(t, h, dh)
-        v = self.to_v(x).view(t, h, dh)
-
-        def attend(q, want_attn):
-            return slot_attention_step_varlen(
-                q, k, v, cu_seqlens, max_seqlen, scale=self.scale, eps=self.eps, return_attn=want_attn
-            )
-
+        attend = self._attender(
+            backend, step, self.norm_input(inputs), cu_seqlens=cu_seqlens, max_seqlen=max_seqlen
+        )
         slots, attn = self._iterate(slots, attend, gru, return_attn)
         if return_attn:
             return slots, attn.mean(dim=0)

@@ -4,6 +4,8 @@ Public functions (each has its plain-PyTorch reference in :mod:`slotvlm.ops.slot
 
 - :func:`slot_attention_step` — one attention step, padded layout (optional padding mask).
 - :func:`slot_attention_step_varlen` — the same over packed sequences (``cu_seqlens``).
+- :func:`slot_attention_step_projected` — one head with the k/v projections folded into the slots
+  (what ``SlotAttention(backend="triton")`` runs for ``heads=1``).
 - :func:`gru_cell` — ``nn.GRUCell`` with the gate math fused (GEMMs stay with cuBLAS).
 
 Custom ops (opaque to ``torch.compile``, with fake implementations and autograd):
@@ -29,7 +31,7 @@ from kernels import slot_attention as _sa
 from .._checks import check_tensor, describe
 from ..backend import FUSED_DTYPES
 
-__all__ = ["slot_attention_step", "slot_attention_step_varlen", "gru_cell", "gru_gates"]
+__all__ = ["slot_attention_step", "slot_attention_step_varlen", "slot_attention_step_projected", "gru_cell", "gru_gates"]
 
 SUPPORTED_DTYPES = FUSED_DTYPES
 
@@ -87,13 +89,14 @@ def _slot_attn_fwd(
     v: Tensor,
     mask: Optional[Tensor],
     cu_seqlens: Optional[Tensor],
+    bias: Optional[Tensor],
     max_seqlen: int,
     scale: float,
     eps: float,
     return_attn: bool,
 ) -> tuple[Tensor, Tensor, Tensor]:
     out, den, attn = _sa.slot_attention_fwd(
-        q, k, v, _u8(mask), cu_seqlens, max_seqlen, scale=scale, eps=eps, return_attn=return_attn
+        q, k, v, _u8(mask), cu_seqlens, max_seqlen, scale=scale, eps=eps, return_attn=return_attn, bias=bias
     )
     if attn is None:
         attn = q.new_empty(0)
@@ -101,7 +104,7 @@ def _slot_attn_fwd(
 
 
 @_slot_attn_fwd.register_fake
-def _(q, k, v, mask, cu_seqlens, max_seqlen, scale, eps, return_attn):
+def _(q, k, v, mask, cu_seqlens, bias, max_seqlen, scale, eps, return_attn):
     P, K, H, _ = q.shape
     out = torch.empty_like(q, memory_format=torch.contiguous_format)
     den = q.new_empty((P, H, K), dtype=torch.float32)
@@ -122,6 +125,7 @@ def _slot_attn_bwd(
     v: Tensor,
     mask: Optional[Tensor],
     cu_seqlens: Optional[Tensor],
+    bias: Optional[Tensor],
     max_seqlen: int,
     out: Tensor,
     dout: Tensor,
@@ -129,32 +133,34 @@ def _slot_attn_bwd(
     dattn: Optional[Tensor],
     scale: float,
     eps: float,
-) -> tuple[Tensor, Tensor, Tensor]:
-    return _sa.slot_attention_bwd(
-        q, k, v, _u8(mask), cu_seqlens, max_seqlen, out, dout, den, dattn, scale=scale, eps=eps
+) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    dq, dk, dv, dbias = _sa.slot_attention_bwd(
+        q, k, v, _u8(mask), cu_seqlens, max_seqlen, out, dout, den, dattn, scale=scale, eps=eps, bias=bias
     )
+    return dq, dk, dv, (dbias if dbias is not None else den.new_empty(0))
 
 
 @_slot_attn_bwd.register_fake
-def _(q, k, v, mask, cu_seqlens, max_seqlen, out, dout, den, dattn, scale, eps):
-    return torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
+def _(q, k, v, mask, cu_seqlens, bias, max_seqlen, out, dout, den, dattn, scale, eps):
+    dbias = torch.empty_like(bias) if bias is not None else den.new_empty(0)
+    return torch.empty_like(q), torch.empty_like(k), torch.empty_like(v), dbias
 
 
 def _slot_attn_setup(ctx, inputs, output):
-    q, k, v, mask, cu_seqlens, max_seqlen, scale, eps, return_attn = inputs
+    q, k, v, mask, cu_seqlens, bias, max_seqlen, scale, eps, return_attn = inputs
     out, den, _ = output
-    ctx.save_for_backward(q, k, v, mask, cu_seqlens, out, den)
+    ctx.save_for_backward(q, k, v, mask, cu_seqlens, bias, out, den)
     ctx.max_seqlen, ctx.scale, ctx.eps, ctx.return_attn = max_seqlen, scale, eps, return_attn
 
 
 def _slot_attn_backward(ctx, dout, dden, dattn):
-    q, k, v, mask, cu_seqlens, out, den = ctx.saved_tensors
+    q, k, v, mask, cu_seqlens, bias, out, den = ctx.saved_tensors
     if not ctx.return_attn:
         dattn = None
-    dq, dk, dv = _slot_attn_bwd(
-        q, k, v, mask, cu_seqlens, ctx.max_seqlen, out, dout, den, dattn, ctx.scale, ctx.eps
+    dq, dk, dv, dbias = _slot_attn_bwd(
+        q, k, v, mask, cu_seqlens, bias, ctx.max_seqlen, out, dout, den, dattn, ctx.scale, ctx.eps
     )
-    return dq, dk, dv, None, None, None, None, None, None
+    return dq, dk, dv, None, None, (dbias if bias is not None else None), None, None, None, None
 
 
 _slot_attn_fwd.register_autograd(_slot_attn_backward, setup_context=_slot_attn_setup)
@@ -245,7 +251,7 @@ def slot_attention_step(
     _check_step(q, k, v, varlen=False)
     if mask is not None:
         check_tensor("mask", mask, shape=(q.shape[0], k.shape[1]), dtype=torch.bool, device=q.device)
-    out, _, attn = _slot_attn_fwd(q, k, v, mask, None, int(k.shape[1]), float(scale), float(eps), bool(return_attn))
+    out, _, attn = _slot_attn_fwd(q, k, v, mask, None, None, int(k.shape[1]), float(scale), float(eps), bool(return_attn))
     return out, (attn if return_attn else None)
 
 
@@ -275,18 +281,87 @@ def slot_attention_step_varlen(
         ``(updates [P, K, H, Dh], attn [H, K, T] or None)`` (attention laid out like the tokens).
     """
     _check_step(q, k, v, varlen=True)
-    check_tensor("cu_seqlens", cu_seqlens, shape=(q.shape[0] + 1,), dtype=torch.int32, device=q.device)
-    if max_seqlen is None:
-        lengths = cu_seqlens[1:] - cu_seqlens[:-1]
-        if int(cu_seqlens[0]) != 0 or bool((lengths < 0).any()) or int(cu_seqlens[-1]) != k.shape[0]:
-            raise ValueError(
-                f"cu_seqlens must start at 0, be non-decreasing and end at T={k.shape[0]}, got {cu_seqlens.tolist()}"
-            )
-        max_seqlen = int(lengths.max()) if lengths.numel() else 0
+    max_seqlen = _check_cu_seqlens(cu_seqlens, max_seqlen, q.shape[0], k.shape[0], q.device)
     out, _, attn = _slot_attn_fwd(
-        q, k, v, None, cu_seqlens, int(max_seqlen), float(scale), float(eps), bool(return_attn)
+        q, k, v, None, cu_seqlens, None, int(max_seqlen), float(scale), float(eps), bool(return_attn)
     )
     return out, (attn if return_attn else None)
+
+
+def _check_cu_seqlens(cu_seqlens, max_seqlen, P: int, T: int, device) -> int:
+    check_tensor("cu_seqlens", cu_seqlens, shape=(P + 1,), dtype=torch.int32, device=device)
+    if max_seqlen is None:
+        lengths = cu_seqlens[1:] - cu_seqlens[:-1]
+        if int(cu_seqlens[0]) != 0 or bool((lengths < 0).any()) or int(cu_seqlens[-1]) != T:
+            raise ValueError(f"cu_seqlens must start at 0, be non-decreasing and end at T={T}, got {cu_seqlens.tolist()}")
+        max_seqlen = int(lengths.max()) if lengths.numel() else 0
+    return int(max_seqlen)
+
+
+def slot_attention_step_projected(
+    q: Tensor,
+    x: Tensor,
+    w_k: Tensor,
+    b_k: Optional[Tensor],
+    w_v: Tensor,
+    b_v: Optional[Tensor],
+    mask: Optional[Tensor] = None,
+    cu_seqlens: Optional[Tensor] = None,
+    max_seqlen: Optional[int] = None,
+    *,
+    scale: float,
+    eps: float = 1e-8,
+    return_attn: bool = False,
+) -> tuple[Tensor, Optional[Tensor]]:
+    """One-head slot-attention step with the key/value projections folded into the slots.
+
+    Equal to ``slot_attention_step(q, x W_kᵀ + b_k, x W_vᵀ + b_v)`` without ever forming k or v:
+    ``q·k_n = (q W_k)·x_n + q·b_k`` (a per-slot logit bias) and, since the normalised weights of a
+    non-empty problem sum to 1, ``Σ_n W_kn v_n = (Σ_n W_kn x_n) W_vᵀ + b_v``. The kernel streams
+    the normalised inputs x once per iteration instead of k and v, and the ``4·T·D²`` FLOPs of the
+    two projections become ``4·P·K·D²``.
+
+    Args:
+        q: ``[P, K, D]`` slot queries (``D`` = the projections' output width).
+        x: ``[P, N, D_in]`` inputs (padded, optional ``mask [P, N]``) or ``[T, D_in]`` packed with
+            ``cu_seqlens`` int32 ``[P + 1]`` (and optional ``max_seqlen``).
+        w_k, w_v: ``[D, D_in]`` (``nn.Linear`` weights); b_k, b_v: ``[D]`` or None.
+        scale, eps, return_attn: as in :func:`slot_attention_step`.
+
+    Returns:
+        ``(updates [P, K, D], attn)`` with attn ``[P, 1, K, N]`` (padded) or ``[1, K, T]``
+        (packed), or None.
+    """
+    check_tensor("q", q, ndim=3, floating=True)
+    P, K, D = q.shape
+    check_tensor("w_k", w_k, shape=(D, None), floating=True, device=q.device)
+    d_in = w_k.shape[1]
+    check_tensor("w_v", w_v, shape=(D, d_in), floating=True, device=q.device)
+    if cu_seqlens is None:
+        check_tensor("x", x, shape=(P, None, d_in), floating=True, device=q.device)
+        if mask is not None:
+            check_tensor("mask", mask, shape=(P, x.shape[1]), dtype=torch.bool, device=q.device)
+        max_seqlen = x.shape[1]
+    else:
+        check_tensor("x", x, shape=(None, d_in), floating=True, device=q.device)
+        if mask is not None:
+            raise ValueError("mask must be None with cu_seqlens (packed sequences have no padding)")
+        max_seqlen = _check_cu_seqlens(cu_seqlens, max_seqlen, P, x.shape[0], q.device)
+    qk = torch.matmul(q, w_k)  # [P, K, D_in]
+    x = x.to(qk.dtype)  # autocast: the projections run in bf16/fp16, LayerNorm's output is fp32
+    bias = None
+    if b_k is not None:
+        bias = torch.matmul(q.float(), b_k.float()).unsqueeze(1).contiguous()  # [P, 1, K] fp32
+    xh = x.unsqueeze(-2)  # one head: [P, N, 1, D_in] or [T, 1, D_in]
+    ux, den, attn = _slot_attn_fwd(
+        qk.unsqueeze(2), xh, xh, mask, cu_seqlens, bias, int(max_seqlen), float(scale), float(eps), bool(return_attn)
+    )
+    updates = torch.nn.functional.linear(ux.squeeze(2), w_v.to(ux.dtype))
+    if b_v is not None:
+        # sum_n W[k, n] = den / max(den, floor): 1 for a problem with tokens, 0 for an empty one
+        weight_sum = (den / den.clamp_min(_sa.DENOM_FLOOR)).detach().transpose(1, 2)  # [P, K, 1]
+        updates = updates + weight_sum.to(updates.dtype) * b_v.to(updates.dtype)
+    return updates, (attn if return_attn else None)
 
 
 def gru_gates(gi: Tensor, gh: Tensor, h: Tensor) -> Tensor:
