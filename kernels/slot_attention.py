@@ -166,6 +166,7 @@ def _slot_attn_fwd_kernel(
         "IS_VARLEN": lambda args: args["cu_seqlens"] is not None,
         "HAS_DATTN": lambda args: args["dattn"] is not None,
         "HAS_BIAS": lambda args: args["bias"] is not None,
+        "SHARED_KV": lambda args: args["dv"] is None,
         "NORMALIZE": lambda args: args["ws_dq"] is None,
     }
 )
@@ -185,7 +186,7 @@ def _slot_attn_bwd_kernel(
     BLOCK_K: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_DK: tl.constexpr, BLOCK_DV: tl.constexpr,
     DOT_PREC: tl.constexpr,
     HAS_MASK: tl.constexpr, IS_VARLEN: tl.constexpr, HAS_DATTN: tl.constexpr, NORMALIZE: tl.constexpr,
-    HAS_BIAS: tl.constexpr,
+    HAS_BIAS: tl.constexpr, SHARED_KV: tl.constexpr,
 ):
     """Gradients of the step, recomputing s, a, w per tile.
 
@@ -266,9 +267,12 @@ def _slot_attn_bwd_kernel(
         b_dv = tl.dot(tl.trans(b_W).to(b_duc.dtype), b_duc, input_precision=DOT_PREC)
         b_dq += tl.dot(b_ds.to(b_kc.dtype), b_kc, input_precision=DOT_PREC)
         p_dk = dk + i_p * s_kp + i_h * s_kh + o_t[:, None] * s_kn + o_dv[None, :]
-        p_dv = dv + i_p * s_vp + i_h * s_vh + o_t[:, None] * s_vn + o_dv[None, :]
-        tl.store(p_dk, b_dk.to(dk.dtype.element_ty), mask=m_nv)
-        tl.store(p_dv, b_dv.to(dv.dtype.element_ty), mask=m_nv)
+        if SHARED_KV:  # k and v are one tensor (the projected form): write d(k) + d(v) once
+            tl.store(p_dk, (b_dk + b_dv).to(dk.dtype.element_ty), mask=m_nv)
+        else:
+            p_dv = dv + i_p * s_vp + i_h * s_vh + o_t[:, None] * s_vn + o_dv[None, :]
+            tl.store(p_dk, b_dk.to(dk.dtype.element_ty), mask=m_nv)
+            tl.store(p_dv, b_dv.to(dv.dtype.element_ty), mask=m_nv)
 
     m_qv = m_k[:, None] & m_dv[None, :]
     if NORMALIZE:
@@ -460,9 +464,11 @@ def slot_attention_fwd(
 def slot_attention_bwd(
     q, k, v, mask, cu_seqlens, max_seqlen, out, dout, den, dattn=None,
     *, scale: float, eps: float, config: dict | None = None, n_split: int | None = None,
-    bias: torch.Tensor | None = None,
+    bias: torch.Tensor | None = None, shared_kv: bool = False,
 ):
     """Backward launcher. Returns ``(dq, dk, dv, dbias or None)``, dq/dk/dv strided like q, k, v.
+
+    ``shared_kv=True`` (k and v are the same tensor): dk holds d(k) + d(v) and dv is None.
 
     q, ``out`` and ``dout`` ``[P, K, H, DH]`` must share strides (the caller makes them
     contiguous); ``den`` is the forward's ``[P, H, K]`` fp32; ``dattn`` the gradient of the
@@ -477,8 +483,8 @@ def slot_attention_bwd(
     dq = torch.empty_like(q)
     # packed layouts: tokens past cu_seqlens[-1] (if any) belong to no problem and get zeros
     dk = torch.zeros_like(k) if cu_seqlens is not None else torch.empty_like(k)
-    dv = torch.zeros_like(v) if cu_seqlens is not None else torch.empty_like(v)
-    if dk.stride() != k.stride() or dv.stride() != v.stride() or dq.stride() != q.stride():
+    dv = None if shared_kv else (torch.zeros_like(v) if cu_seqlens is not None else torch.empty_like(v))
+    if dk.stride() != k.stride() or (dv is not None and dv.stride() != v.stride()) or dq.stride() != q.stride():
         raise ValueError("slot_attention_bwd: q, k, v must be dense (their gradients share their strides)")
     ws_dq = torch.empty((S, P, H, K, DH), device=q.device, dtype=torch.float32) if S > 1 else None
     dbias = ws_dbias = None

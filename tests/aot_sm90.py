@@ -72,6 +72,10 @@ def slot_attn_constexprs(which, dtype, K, DH, tile, *, mask, varlen, attn, split
             c[name] = None
     if not bias:
         c.update(bias=None, dbias=None, ws_dbias=None)
+    if which == "bwd":  # the bias cases are the projected form, where k and v are one tensor
+        c["SHARED_KV"] = bias
+        if bias:
+            c["dv"] = None
     if not split:
         c.update(ws_acc=None, ws_den=None, ws_dq=None, ws_dbias=None)
     return c

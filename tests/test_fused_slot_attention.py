@@ -354,6 +354,13 @@ def test_opcheck_slot_attn_fwd_varlen():
     _opcheck(torch.ops.slotvlm.slot_attn_fwd.default, (q.requires_grad_(), k[0], v[0].requires_grad_(), None, cu, None, 5, 0.25, 1e-8, False))
 
 
+def test_opcheck_slot_attn_fwd_shared_kv_with_bias():
+    """The projected form: v=None (values = keys), a per-slot logit bias."""
+    q, k, _, mask = _step_inputs(2, 3, 1, 16, 9, True)
+    bias = torch.randn(2, 1, 3, requires_grad=True)
+    _opcheck(torch.ops.slotvlm.slot_attn_fwd.default, (q.requires_grad_(), k.requires_grad_(), None, mask, None, bias, 9, 0.25, 1e-8, False))
+
+
 def test_opcheck_slot_attn_bwd():
     q, k, v, mask = _step_inputs(2, 3, 1, 16, 9, True)
     bias = torch.randn(2, 1, 3)

@@ -86,7 +86,7 @@ def _u8(mask: Optional[Tensor]) -> Optional[Tensor]:
 def _slot_attn_fwd(
     q: Tensor,
     k: Tensor,
-    v: Tensor,
+    v: Optional[Tensor],
     mask: Optional[Tensor],
     cu_seqlens: Optional[Tensor],
     bias: Optional[Tensor],
@@ -95,8 +95,10 @@ def _slot_attn_fwd(
     eps: float,
     return_attn: bool,
 ) -> tuple[Tensor, Tensor, Tensor]:
+    # v=None: the values are the keys (the projected form); one tensor, read once
     out, den, attn = _sa.slot_attention_fwd(
-        q, k, v, _u8(mask), cu_seqlens, max_seqlen, scale=scale, eps=eps, return_attn=return_attn, bias=bias
+        q, k, k if v is None else v, _u8(mask), cu_seqlens, max_seqlen,
+        scale=scale, eps=eps, return_attn=return_attn, bias=bias,
     )
     if attn is None:
         attn = q.new_empty(0)
@@ -122,7 +124,7 @@ def _(q, k, v, mask, cu_seqlens, bias, max_seqlen, scale, eps, return_attn):
 def _slot_attn_bwd(
     q: Tensor,
     k: Tensor,
-    v: Tensor,
+    v: Optional[Tensor],
     mask: Optional[Tensor],
     cu_seqlens: Optional[Tensor],
     bias: Optional[Tensor],
@@ -135,15 +137,18 @@ def _slot_attn_bwd(
     eps: float,
 ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     dq, dk, dv, dbias = _sa.slot_attention_bwd(
-        q, k, v, _u8(mask), cu_seqlens, max_seqlen, out, dout, den, dattn, scale=scale, eps=eps, bias=bias
+        q, k, k if v is None else v, _u8(mask), cu_seqlens, max_seqlen, out, dout, den, dattn,
+        scale=scale, eps=eps, bias=bias, shared_kv=v is None,
     )
-    return dq, dk, dv, (dbias if dbias is not None else den.new_empty(0))
+    empty = den.new_empty(0)
+    return dq, dk, (dv if dv is not None else empty), (dbias if dbias is not None else empty)
 
 
 @_slot_attn_bwd.register_fake
 def _(q, k, v, mask, cu_seqlens, bias, max_seqlen, out, dout, den, dattn, scale, eps):
     dbias = torch.empty_like(bias) if bias is not None else den.new_empty(0)
-    return torch.empty_like(q), torch.empty_like(k), torch.empty_like(v), dbias
+    dv = torch.empty_like(v) if v is not None else den.new_empty(0)
+    return torch.empty_like(q), torch.empty_like(k), dv, dbias
 
 
 def _slot_attn_setup(ctx, inputs, output):
@@ -160,6 +165,7 @@ def _slot_attn_backward(ctx, dout, dden, dattn):
     dq, dk, dv, dbias = _slot_attn_bwd(
         q, k, v, mask, cu_seqlens, bias, ctx.max_seqlen, out, dout, den, dattn, ctx.scale, ctx.eps
     )
+    dv = dv if v is not None else None
     return dq, dk, dv, None, None, (dbias if bias is not None else None), None, None, None, None
 
 
@@ -352,9 +358,9 @@ def slot_attention_step_projected(
     bias = None
     if b_k is not None:
         bias = torch.matmul(q.float(), b_k.float()).unsqueeze(1).contiguous()  # [P, 1, K] fp32
-    xh = x.unsqueeze(-2)  # one head: [P, N, 1, D_in] or [T, 1, D_in]
+    xh = x.unsqueeze(-2)  # one head: [P, N, 1, D_in] or [T, 1, D_in]; keys = values = x
     ux, den, attn = _slot_attn_fwd(
-        qk.unsqueeze(2), xh, xh, mask, cu_seqlens, bias, int(max_seqlen), float(scale), float(eps), bool(return_attn)
+        qk.unsqueeze(2), xh, None, mask, cu_seqlens, bias, int(max_seqlen), float(scale), float(eps), bool(return_attn)
     )
     updates = torch.nn.functional.linear(ux.squeeze(2), w_v.to(ux.dtype))
     if b_v is not None:
