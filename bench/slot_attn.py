@@ -47,6 +47,7 @@ import torch  # noqa: E402
 
 COLUMNS = "timestamp,commit,device,torch,triton,shape,mode,provider,dtype,ms,tflops,gbps,peak_mem_mb".split(",")
 PROVIDERS = ("slotvlm", "eager", "compile", "slot-attention")
+EXTRA_PROVIDERS = ("slotvlm-kv",)  # on request: the Triton step on explicit k/v (no projection folding)
 MODES = ("fwd", "fwd+bwd", "step-fwd", "step-fwd+bwd")
 ITERS = 3
 
@@ -177,11 +178,13 @@ def _module_case(shape, provider, mode, device, dtype):
         model.load_state_dict(ours.state_dict(), strict=True)
         call = lambda: model(x)  # noqa: E731
     else:
-        backend = "triton" if provider == "slotvlm" else "torch"
+        backend = "triton" if provider.startswith("slotvlm") else "torch"
         model = _module(shape, backend, device, dtype)
+        if provider == "slotvlm-kv":
+            model.fold_projections = False
         if provider == "compile":
             model = torch.compile(model, mode="max-autotune")
-        if provider == "slotvlm" and shape.varlen:
+        if provider.startswith("slotvlm") and shape.varlen:
             max_len = max(shape.lengths())
             call = lambda: model.forward_varlen(packed, cu, max_seqlen=max_len)  # noqa: E731
         else:
@@ -209,6 +212,8 @@ def _step_case(shape, provider, mode, device, dtype):
 
     if provider == "slot-attention":
         raise Skip("the slot-attention package has no separate attention step")
+    if provider == "slotvlm-kv":
+        raise Skip("the step modes of provider slotvlm already run on explicit k/v")
     g = torch.Generator().manual_seed(2)
     x, mask, packed, cu = _inputs(shape, device, dtype)
     P, K, D = shape.P, shape.K, shape.D
@@ -249,7 +254,7 @@ def _step_case(shape, provider, mode, device, dtype):
 def make_case(shape: Shape, provider: str, mode: str, device, dtype):
     """A zero-argument callable running one (shape, provider, mode), or raise :class:`Skip`."""
     cuda = torch.device(device).type == "cuda"
-    if provider == "slotvlm" and not cuda:
+    if provider.startswith("slotvlm") and not cuda:
         raise Skip("the Triton kernels need a CUDA GPU (on CPU they only run under the slow interpreter)")
     if provider == "compile" and not cuda:
         raise Skip("torch.compile(mode='max-autotune') is benchmarked on GPU only (on CPU it would spend minutes compiling)")
@@ -351,7 +356,10 @@ def parse_args(argv=None):
     )
     p.add_argument("--shapes", nargs="+", default=list(GPU_SHAPES), choices=list(GPU_SHAPES), help="problem shapes")
     p.add_argument("--modes", nargs="+", default=list(MODES), choices=MODES, help="what to time")
-    p.add_argument("--providers", nargs="+", default=list(PROVIDERS), choices=PROVIDERS, help="implementations")
+    p.add_argument(
+        "--providers", nargs="+", default=list(PROVIDERS), choices=PROVIDERS + EXTRA_PROVIDERS,
+        help="implementations (slotvlm-kv, on request: module modes without projection folding)",
+    )
     p.add_argument("--dtype", default=None, choices=("bf16", "fp16", "fp32"), help="default: bf16 on GPU, fp32 on CPU")
     p.add_argument("--device", default=None, help="default: cuda if available, else cpu")
     p.add_argument("--full-size", action="store_true", help="on CPU, use the GPU sizes (slow)")
