@@ -273,9 +273,11 @@ def test_module_matches_fp64_torch_backend(make, N, masked):
     assert grads == sum(1 for name, _ in fast.named_parameters() if name not in detached)
 
 
-def test_forward_varlen_equals_padded_forward():
+@pytest.mark.parametrize("fold", [True, False], ids=["folded-projections", "explicit-kv"])
+def test_forward_varlen_equals_padded_forward(fold):
     lengths = [9, 0, 14]
     fast, ref = _pair(lambda **kw: SlotAttention(5, 16, iters=2, **kw), (3, 5, 16))
+    fast.fold_projections = fold
     x = torch.randn(sum(lengths), 16)
     cu = torch.tensor([0, 9, 9, 23], dtype=torch.int32)
     xs, xd = x.clone().requires_grad_(), x.double().requires_grad_()
