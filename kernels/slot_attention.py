@@ -42,6 +42,28 @@ def _interpreting() -> bool:
 
 # --------------------------------------------------------------------------------------- kernels
 @triton.jit
+def _program_ids(H: tl.constexpr, DH: tl.constexpr, BLOCK_DV: tl.constexpr):
+    """(D-chunk, problem·head, N split, problem, head, number of problem·heads) of this program.
+    The D-chunks of one problem are adjacent program ids, so they run together and share k/v in L2."""
+    NUM_D = (DH + BLOCK_DV - 1) // BLOCK_DV
+    i_d = tl.program_id(0) % NUM_D
+    i_ph = (tl.program_id(0) // NUM_D).to(tl.int64)
+    return i_d, i_ph, tl.program_id(1), i_ph // H, i_ph % H, tl.num_programs(0) // NUM_D
+
+
+@triton.jit
+def _problem_inputs(
+    q, k, v, bias, i_p, i_h, i_ph, o_k, m_k, s_qp, s_qh, s_kp, s_kh, s_vp, s_vh,
+    K: tl.constexpr, BLOCK_K: tl.constexpr, HAS_BIAS: tl.constexpr,
+):
+    """Base pointers of this problem/head's q, k, v and its per-slot logit bias (0 without one)."""
+    b_c = tl.zeros([BLOCK_K], dtype=tl.float32)
+    if HAS_BIAS:
+        b_c = tl.load(bias + i_ph * K + o_k, mask=m_k, other=0.0).to(tl.float32)
+    return q + i_p * s_qp + i_h * s_qh, k + i_p * s_kp + i_h * s_kh, v + i_p * s_vp + i_h * s_vh, b_c
+
+
+@triton.jit
 def _token_range(cu_seqlens, i_p, i_s, N, N_PER_SPLIT, IS_VARLEN: tl.constexpr):
     """(first token of problem i_p in the sequence dimension, this split's [start, end) in it)."""
     if IS_VARLEN:
@@ -108,25 +130,15 @@ def _slot_attn_fwd_kernel(
     HAS_MASK: tl.constexpr, IS_VARLEN: tl.constexpr, STORE_ATTN: tl.constexpr, NORMALIZE: tl.constexpr,
     HAS_BIAS: tl.constexpr,
 ):
-    # D-chunks of one problem are adjacent program ids, so they run together and share k/v in L2
-    NUM_D = (DH + BLOCK_DV - 1) // BLOCK_DV
-    i_d = tl.program_id(0) % NUM_D
-    i_ph = (tl.program_id(0) // NUM_D).to(tl.int64)
-    i_s = tl.program_id(1)
-    i_p = i_ph // H
-    i_h = i_ph % H
+    i_d, i_ph, i_s, i_p, i_h, n_ph = _program_ids(H, DH, BLOCK_DV)
     bos, n_start, n_end = _token_range(cu_seqlens, i_p, i_s, N, N_PER_SPLIT, IS_VARLEN)
-
     o_k = tl.arange(0, BLOCK_K)
     m_k = o_k < K
     o_dv = i_d * BLOCK_DV + tl.arange(0, BLOCK_DV)
     m_dv = o_dv < DH
-    p_q = q + i_p * s_qp + i_h * s_qh
-    p_k = k + i_p * s_kp + i_h * s_kh
-    p_v = v + i_p * s_vp + i_h * s_vh
-    b_c = tl.zeros([BLOCK_K], dtype=tl.float32)  # per-slot logit bias (projected-key form)
-    if HAS_BIAS:
-        b_c = tl.load(bias + i_ph * K + o_k, mask=m_k, other=0.0).to(tl.float32)
+    p_q, p_k, p_v, b_c = _problem_inputs(
+        q, k, v, bias, i_p, i_h, i_ph, o_k, m_k, s_qp, s_qh, s_kp, s_kh, s_vp, s_vh, K, BLOCK_K, HAS_BIAS
+    )
 
     b_acc = tl.zeros([BLOCK_K, BLOCK_DV], dtype=tl.float32)
     b_den = tl.zeros([BLOCK_K], dtype=tl.float32)
@@ -153,7 +165,7 @@ def _slot_attn_fwd_kernel(
             tl.store(den + i_ph * K + o_k, b_den, mask=m_k)
     else:
         # partials: ws_acc [S, P*H, K, DH], ws_den [S, P*H, K] (fp32, contiguous)
-        i_sph = i_s.to(tl.int64) * (tl.num_programs(0) // NUM_D) + i_ph
+        i_sph = i_s.to(tl.int64) * n_ph + i_ph
         p_w = ws_acc + (i_sph * K + o_k[:, None]) * DH + o_dv[None, :]
         tl.store(p_w, b_acc, mask=m_k[:, None] & m_dv[None, :])
         if i_d == 0:
@@ -198,25 +210,15 @@ def _slot_attn_bwd_kernel(
         dq    = ds k,  dk = ds^T q,  dbias = sum_n ds
     q/dq/out/dout/dattn share q's (out's) strides; k/dk share k's; v/dv share v's.
     """
-    # D-chunks of one problem are adjacent program ids, so they run together and share k/v in L2
-    NUM_D = (DH + BLOCK_DV - 1) // BLOCK_DV
-    i_d = tl.program_id(0) % NUM_D
-    i_ph = (tl.program_id(0) // NUM_D).to(tl.int64)
-    i_s = tl.program_id(1)
-    i_p = i_ph // H
-    i_h = i_ph % H
+    i_d, i_ph, i_s, i_p, i_h, n_ph = _program_ids(H, DH, BLOCK_DV)
     bos, n_start, n_end = _token_range(cu_seqlens, i_p, i_s, N, N_PER_SPLIT, IS_VARLEN)
-
     o_k = tl.arange(0, BLOCK_K)
     m_k = o_k < K
     o_dv = i_d * BLOCK_DV + tl.arange(0, BLOCK_DV)
     m_dv = o_dv < DH
-    p_q = q + i_p * s_qp + i_h * s_qh
-    p_k = k + i_p * s_kp + i_h * s_kh
-    p_v = v + i_p * s_vp + i_h * s_vh
-    b_c = tl.zeros([BLOCK_K], dtype=tl.float32)  # per-slot logit bias (projected-key form)
-    if HAS_BIAS:
-        b_c = tl.load(bias + i_ph * K + o_k, mask=m_k, other=0.0).to(tl.float32)
+    p_q, p_k, p_v, b_c = _problem_inputs(
+        q, k, v, bias, i_p, i_h, i_ph, o_k, m_k, s_qp, s_qh, s_kp, s_kh, s_vp, s_vh, K, BLOCK_K, HAS_BIAS
+    )
     p_u = out + i_p * s_op + i_h * s_oh
     p_du = dout + i_p * s_op + i_h * s_oh
 
@@ -282,7 +284,7 @@ def _slot_attn_bwd_kernel(
             if i_d == 0:
                 tl.store(dbias + i_ph * K + o_k, b_dbias, mask=m_k)
     else:
-        i_sph = i_s.to(tl.int64) * (tl.num_programs(0) // NUM_D) + i_ph
+        i_sph = i_s.to(tl.int64) * n_ph + i_ph
         p_w = ws_dq + (i_sph * K + o_k[:, None]) * DH + o_dv[None, :]
         tl.store(p_w, b_dq, mask=m_qv)
         if HAS_BIAS:

@@ -344,23 +344,21 @@ def _opcheck(op, args):
     torch.library.opcheck(op, args)
 
 
-def test_opcheck_slot_attn_fwd_padded_with_mask():
-    q, k, v, mask = _step_inputs(2, 3, 1, 16, 9, True)
+def _fwd_op_args(form):
+    q, k, v, mask = _step_inputs(2, 3, 2 if form == "varlen" else 1, 16, 9, form != "varlen")
     bias = torch.randn(2, 1, 3, requires_grad=True)
-    _opcheck(torch.ops.slotvlm.slot_attn_fwd.default, (q.requires_grad_(), k.requires_grad_(), v, mask, None, bias, 9, 0.25, 1e-8, True))
+    if form == "padded-mask-bias-attn":
+        return (q.requires_grad_(), k.requires_grad_(), v, mask, None, bias, 9, 0.25, 1e-8, True)
+    if form == "varlen":
+        cu = torch.tensor([0, 4, 9], dtype=torch.int32)
+        return (q.requires_grad_(), k[0], v[0].requires_grad_(), None, cu, None, 5, 0.25, 1e-8, False)
+    # the projected form: v=None (values = keys) and a per-slot logit bias
+    return (q.requires_grad_(), k.requires_grad_(), None, mask, None, bias, 9, 0.25, 1e-8, False)
 
 
-def test_opcheck_slot_attn_fwd_varlen():
-    q, k, v, _ = _step_inputs(2, 3, 2, 16, 9, False)
-    cu = torch.tensor([0, 4, 9], dtype=torch.int32)
-    _opcheck(torch.ops.slotvlm.slot_attn_fwd.default, (q.requires_grad_(), k[0], v[0].requires_grad_(), None, cu, None, 5, 0.25, 1e-8, False))
-
-
-def test_opcheck_slot_attn_fwd_shared_kv_with_bias():
-    """The projected form: v=None (values = keys), a per-slot logit bias."""
-    q, k, _, mask = _step_inputs(2, 3, 1, 16, 9, True)
-    bias = torch.randn(2, 1, 3, requires_grad=True)
-    _opcheck(torch.ops.slotvlm.slot_attn_fwd.default, (q.requires_grad_(), k.requires_grad_(), None, mask, None, bias, 9, 0.25, 1e-8, False))
+@pytest.mark.parametrize("form", ["padded-mask-bias-attn", "varlen", "shared-kv-bias"])
+def test_opcheck_slot_attn_fwd(form):
+    _opcheck(torch.ops.slotvlm.slot_attn_fwd.default, _fwd_op_args(form))
 
 
 def test_opcheck_slot_attn_bwd():
