@@ -17,6 +17,9 @@ __version__ = "0.1.0"
 _LAZY = {
     "SlotAttention": "slotvlm.nn.slot_attention",
     "MultiHeadSlotAttention": "slotvlm.nn.slot_attention",
+    "slot_attention_step": "slotvlm.ops.fused",
+    "slot_attention_step_varlen": "slotvlm.ops.fused",
+    "gru_cell": "slotvlm.ops.fused",
 }
 
 __all__ = sorted(_LAZY) + ["__version__"]

@@ -7,7 +7,8 @@ environment variable ``SLOTVLM_BACKEND`` and fall back to ``"auto"``.
 - ``"triton"``: the fused Triton kernels. On CUDA tensors they run compiled; on CPU tensors they
   run under Triton's interpreter, which must be switched on with ``TRITON_INTERPRET=1`` before
   triton is first imported (that is how the tests exercise the kernels).
-- ``"auto"``: ``"triton"`` for CUDA tensors when triton is importable, else ``"torch"``.
+- ``"auto"``: ``"triton"`` for CUDA tensors when triton is importable, else ``"torch"`` (the module
+  also keeps dtypes outside ``FUSED_DTYPES``, e.g. float64, on ``"torch"``).
 """
 from __future__ import annotations
 
@@ -20,6 +21,7 @@ from ._checks import check_choice
 
 BACKENDS = ("auto", "torch", "triton")
 ENV_VAR = "SLOTVLM_BACKEND"
+FUSED_DTYPES = (torch.float32, torch.float16, torch.bfloat16)  # what the Triton kernels take
 
 
 def requested_backend(backend: str | None) -> str:

@@ -11,7 +11,7 @@ import torch
 from torch import nn
 
 from .._checks import check_choice, check_positive_int, check_tensor, describe
-from ..backend import requested_backend, resolve_backend
+from ..backend import FUSED_DTYPES, requested_backend, resolve_backend
 from ..ops.slot_attention_ref import slot_attention_step_ref
 
 INITS = ("gaussian", "learned")
@@ -62,12 +62,18 @@ class SlotAttention(nn.Module):
         deterministic_init: with ``init="gaussian"``, start from the mean (no noise). Model code
             sets it for inference; ``forward(deterministic_init=...)`` overrides it per call.
         backend: ``"auto"``, ``"torch"`` or ``"triton"``; None reads ``$SLOTVLM_BACKEND``
-            (default ``"auto"``: Triton on CUDA tensors, the PyTorch reference on CPU).
+            (default ``"auto"``: Triton on CUDA tensors of dtype fp32/fp16/bf16, the PyTorch
+            reference on CPU and for other dtypes).
 
     Shapes:
         inputs ``[B, N, dim]`` → slots ``[B, K, dim]``; with ``return_attn=True`` also the last
         iteration's attention ``[B, K, N]`` (softmax over slots, averaged over heads, 0 at padding).
     """
+
+    # With one head, the triton backend folds the key/value projections into the slots
+    # (see slotvlm.ops.fused.slot_attention_step_projected): k and v are never formed. Set to False
+    # (on the class or an instance) to run the kernels on explicit k and v instead.
+    fold_projections: bool = True
 
     def __init__(
         self,
@@ -151,6 +157,23 @@ class SlotAttention(nn.Module):
         sigma = self.slots_logsigma.exp().expand(batch, num_slots, -1)
         return mu + sigma * torch.randn(mu.shape, device=device, dtype=dtype)
 
+    def _backend_for(self, inputs: torch.Tensor) -> str:
+        """The concrete backend; ``"auto"`` keeps dtypes the kernels do not take (fp64) on the reference."""
+        backend = resolve_backend(self.backend, inputs.device)
+        if backend == "triton" and requested_backend(self.backend) == "auto" and inputs.dtype not in FUSED_DTYPES:
+            return "torch"
+        return backend
+
+    def _start_slots(self, slots, batch, num_slots, inputs, deterministic_init):
+        """The given starting slots, else the init (deterministic_init None = the module's switch)."""
+        if slots is not None:
+            return slots
+        if deterministic_init is None:
+            deterministic_init = self.deterministic_init
+        return self.initial_slots(
+            batch, num_slots, device=inputs.device, dtype=inputs.dtype, deterministic=deterministic_init
+        )
+
     def _check_forward(self, inputs, num_slots, mask, slots):
         check_tensor("inputs", inputs, ndim=3, floating=True)
         b, n, d = inputs.shape
@@ -200,25 +223,55 @@ class SlotAttention(nn.Module):
             slots ``[B, K, dim]``, or ``(slots, attn)`` with ``return_attn=True``.
         """
         num_slots = self._check_forward(inputs, num_slots, mask, slots)
-        b, n, _ = inputs.shape
-        backend = resolve_backend(self.backend, inputs.device)
+        b = inputs.shape[0]
+        backend = self._backend_for(inputs)
         step, gru = _step_impl(backend)
-        if deterministic_init is None:
-            deterministic_init = self.deterministic_init
-        if slots is None:
-            slots = self.initial_slots(
-                b, num_slots, device=inputs.device, dtype=inputs.dtype, deterministic=deterministic_init
-            )
+        slots = self._start_slots(slots, b, num_slots, inputs, deterministic_init)
 
-        x = self.norm_input(inputs)
+        attend = self._attender(backend, step, self.norm_input(inputs), mask=mask)
+        slots, attn = self._iterate(slots, attend, gru, return_attn)
+        if return_attn:
+            return slots, attn.mean(dim=1)
+        return slots
+
+    def _attender(self, backend, step, x, *, mask=None, cu_seqlens=None, max_seqlen=None):
+        """``attend(q [P, K, H, Dh], want_attn) -> (updates [P, K, H, Dh], attn | None)`` over the
+        normalised inputs x (``[P, N, dim]``, or ``[T, dim]`` packed with cu_seqlens)."""
         h, dh = self.heads, self.dim_head
-        k = self.to_k(x).view(b, n, h, dh)
-        v = self.to_v(x).view(b, n, h, dh)
+        kw = dict(scale=self.scale, eps=self.eps)
+        if backend == "triton" and self.combine_heads is None and self.fold_projections:
+            from ..ops.fused import slot_attention_step_projected  # noqa: PLC0415
+
+            def attend_projected(q, want_attn):
+                updates, attn = slot_attention_step_projected(
+                    q.flatten(2), x, self.to_k.weight, self.to_k.bias, self.to_v.weight, self.to_v.bias,
+                    mask, cu_seqlens, max_seqlen, return_attn=want_attn, **kw,
+                )
+                return updates.view(q.shape), attn
+
+            return attend_projected
+        k = self.to_k(x).unflatten(-1, (h, dh))
+        v = self.to_v(x).unflatten(-1, (h, dh))
+        if cu_seqlens is None:
+            return lambda q, want_attn: step(q, k, v, mask, return_attn=want_attn, **kw)
+        from ..ops.fused import slot_attention_step_varlen  # noqa: PLC0415
+
+        return lambda q, want_attn: slot_attention_step_varlen(
+            q, k, v, cu_seqlens, max_seqlen, return_attn=want_attn, **kw
+        )
+
+    def _iterate(self, slots, attend, gru, return_attn):
+        """The refinement loop shared by :meth:`forward` and :meth:`forward_varlen`.
+
+        ``attend(q [P, K, H, Dh], want_attn) -> (updates [P, K, H, Dh], attn | None)``.
+        """
+        b, num_slots, _ = slots.shape
+        h, dh = self.heads, self.dim_head
 
         def iterate(slots, want_attn):
             prev = slots
             q = self.to_q(self.norm_slots(slots)).view(b, num_slots, h, dh)
-            updates, attn = step(q, k, v, mask, scale=self.scale, eps=self.eps, return_attn=want_attn)
+            updates, attn = attend(q, want_attn)
             updates = updates.reshape(b, num_slots, h * dh)
             if self.combine_heads is not None:
                 updates = self.combine_heads(updates)
@@ -237,8 +290,85 @@ class SlotAttention(nn.Module):
             if self.implicit_grad and last:
                 slots = slots.detach()
             slots, attn = iterate(slots, return_attn and last)
+        return slots, attn
+
+    def forward_varlen(
+        self,
+        inputs: torch.Tensor,
+        cu_seqlens: torch.Tensor,
+        num_slots: int | None = None,
+        *,
+        max_seqlen: int | None = None,
+        slots: torch.Tensor | None = None,
+        return_attn: bool = False,
+        deterministic_init: bool | None = None,
+    ):
+        """Slot attention over packed sequences of different lengths (no padding).
+
+        Args:
+            inputs: ``[T, dim]``, the P sequences concatenated; sequence ``p`` is
+                ``inputs[cu_seqlens[p]:cu_seqlens[p+1]]``.
+            cu_seqlens: int32 ``[P + 1]``, starting at 0, non-decreasing, ending at T (flash-attn's
+                varlen convention). An empty sequence behaves like an all-padding row.
+            num_slots, slots, deterministic_init: as in :meth:`forward` (slots ``[P, K, dim]``).
+            max_seqlen: the longest sequence; computed from cu_seqlens (a host sync) if None.
+            return_attn: also return the last iteration's attention ``[K, T]`` laid out like the
+                tokens (softmax over slots, averaged over heads).
+
+        Returns:
+            slots ``[P, K, dim]``, or ``(slots, attn [K, T])``. Equal to :meth:`forward` on the
+            zero-padded batch with the matching mask. The torch backend computes it that way; the
+            triton backend runs the varlen kernel directly on the packed tokens.
+        """
+        check_tensor("inputs", inputs, ndim=2, floating=True)
+        t, d = inputs.shape
+        if d != self.dim:
+            raise ValueError(f"inputs must have shape [T, {self.dim}] (dim={self.dim}), got {describe(inputs)}")
+        check_tensor("cu_seqlens", cu_seqlens, ndim=1, dtype=torch.int32, device=inputs.device)
+        p = cu_seqlens.shape[0] - 1
+        if p < 1:
+            raise ValueError(f"cu_seqlens must have at least 2 entries, got {describe(cu_seqlens)}")
+        cu_host = cu_seqlens.tolist()
+        lengths = [cu_host[i + 1] - cu_host[i] for i in range(p)]
+        if cu_host[0] != 0 or cu_host[-1] != t or min(lengths) < 0:
+            raise ValueError(f"cu_seqlens must start at 0, be non-decreasing and end at T={t}, got {cu_host}")
+        if max_seqlen is None:
+            max_seqlen = max(lengths)
+        num_slots = num_slots if num_slots is not None else self.num_slots
+        if slots is not None:
+            check_tensor("slots", slots, shape=(p, None, self.dim), floating=True, device=inputs.device)
+        backend = self._backend_for(inputs)
+        if backend == "torch":
+            n = max(max_seqlen, 1)
+            idx = torch.arange(n, device=inputs.device)
+            lens = torch.tensor(lengths, device=inputs.device)
+            mask = idx[None, :] < lens[:, None]  # [P, n]
+            padded = inputs.new_zeros(p, n, d)
+            padded[mask] = inputs
+            out = self.forward(
+                padded, num_slots, mask=mask, slots=slots, return_attn=return_attn,
+                deterministic_init=deterministic_init,
+            )
+            if not return_attn:
+                return out
+            out, attn = out
+            return out, attn.permute(1, 0, 2)[:, mask]  # [K, T]
+        check_positive_int("num_slots", num_slots)
+        if slots is not None:
+            num_slots = slots.shape[1]
+        elif self.init == "learned" and num_slots != self.num_slots:
+            raise ValueError(
+                f"num_slots={num_slots} differs from the learned slot table's {self.num_slots} "
+                "(init='learned' has a fixed number of slots)"
+            )
+        step, gru = _step_impl(backend)
+        slots = self._start_slots(slots, p, num_slots, inputs, deterministic_init)
+        attend = self._attender(
+            backend, step, self.norm_input(inputs), cu_seqlens=cu_seqlens, max_seqlen=max_seqlen
+        )
+        slots, attn = self._iterate(slots, attend, gru, return_attn)
         if return_attn:
-            return slots, attn.mean(dim=1)
+            return slots, attn.mean(dim=0)
         return slots
 
 
