@@ -17,6 +17,10 @@ __version__ = "0.1.0"
 _LAZY = {
     "SlotAttention": "slotvlm.nn.slot_attention",
     "MultiHeadSlotAttention": "slotvlm.nn.slot_attention",
+    "load_video": "slotvlm.video",
+    "preprocess": "slotvlm.video",
+    "VideoError": "slotvlm.video",
+    "slowfast_pool": "slotvlm.video",
 }
 
 __all__ = sorted(_LAZY) + ["__version__"]
