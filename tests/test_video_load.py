@@ -117,17 +117,38 @@ class _CountingContainer:
 
 
 def test_stops_decoding_once_the_frames_are_found(clip12, monkeypatch):
-    """max_frames=1 needs only the middle second (t = 5 s, frame 125): decoding must stop soon
-    after it instead of running through all 300 frames."""
+    """max_frames=1 needs only the middle second (t = 5 s, frame 125). Without seeking, decoding
+    must stop right after it instead of running through all 300 frames."""
+    import slotvlm.video as video
+
     decoded = []
     real_open = av.open
     monkeypatch.setattr(av, "open", lambda *a, **k: _CountingContainer(real_open(*a, **k), decoded))
+    monkeypatch.setattr(video, "_SEEK_GAP_S", float("inf"))
     frames, times = load_video(clip12, fps=1.0, max_frames=1)
     assert times.tolist() == [5.0] and read_index(frames[0]) == 125
     assert 126 <= len(decoded) < 140
     decoded.clear()
     load_video(clip12, fps=1.0)  # all of it: every frame up to the last sample (11 s = frame 275)
     assert 276 <= len(decoded) < 290
+
+
+def test_long_gaps_are_skipped_by_seeking(clip12, monkeypatch):
+    """With a few samples far apart, load_video seeks to the keyframe before each one (the test
+    clip has a keyframe at least every ~1 s): same frames as decoding everything, far fewer decoded."""
+    import slotvlm.video as video
+
+    decoded = []
+    real_open = av.open
+    monkeypatch.setattr(av, "open", lambda *a, **k: _CountingContainer(real_open(*a, **k), decoded))
+    seek_frames, seek_times = load_video(clip12, fps=1.0, max_frames=3)
+    n_seek = len(decoded)
+    decoded.clear()
+    monkeypatch.setattr(video, "_SEEK_GAP_S", float("inf"))
+    frames, times = load_video(clip12, fps=1.0, max_frames=3)
+    assert [read_index(f) for f in frames] == [0, 150, 275]  # seconds 0, 6 (5.5 rounded), 11
+    assert torch.equal(seek_frames, frames) and torch.equal(seek_times, times)
+    assert n_seek < len(decoded) / 2, (n_seek, len(decoded))
 
 
 def test_truncated_faststart_file(tmp_path):
