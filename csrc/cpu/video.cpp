@@ -276,11 +276,17 @@ __attribute__((target("avx2"))) void vpass_row_avx2(const uint8_t* base, int64_t
 
 // Runs fn(begin, end) over [0, n) in pieces of `piece` handed out dynamically from an atomic
 // counter: when a thread is slow (e.g. descheduled on a busy machine) the others take its share,
-// instead of the whole op waiting for a static half of the work.
+// instead of the whole op waiting for a static half of the work. `cost` is the work of one item
+// (multiply-adds); each extra thread must get at least kMinThreadWork of it, because waking a
+// thread costs far more than a small job on a loaded machine.
+constexpr double kMinThreadWork = 4e6;
+
 template <typename F>
-void parallel_dynamic(int64_t n, int64_t piece, const F& fn) {
+void parallel_dynamic(int64_t n, int64_t piece, double cost, const F& fn) {
   if (n <= 0) return;
-  const int64_t workers = std::min<int64_t>(at::get_num_threads(), (n + piece - 1) / piece);
+  const double by_work = std::floor(static_cast<double>(n) * cost / kMinThreadWork);
+  const int64_t workers = std::min<int64_t>({static_cast<int64_t>(at::get_num_threads()), (n + piece - 1) / piece,
+                                             static_cast<int64_t>(std::min(by_work, 1e6))});
   if (workers <= 1 || at::in_parallel_region()) {
     fn(0, n);
     return;
@@ -357,51 +363,68 @@ at::Tensor clip_preprocess(const at::Tensor& frames, int64_t size, int64_t crop_
   const bool avx2 = use_avx2();
   const int64_t j0 = th.first[0];
   const int64_t NJ = th.first[C - 1] + th.len[C - 1] - j0;  // input columns [j0, j0 + NJ) are read
-  // Frames are processed in chunks so that the intermediate image stays near 16 MB.
-  const int64_t chunk = std::max<int64_t>(1, (int64_t{16} << 20) / (R * C * 3));
-  std::vector<uint8_t> tmp(static_cast<size_t>(std::min(chunk, T) * R * C * 3));  // [t][r][3][C]
+  const int64_t nblk = (R + kLanes - 1) / kLanes;            // blocks of input rows of the H pass
+  const double hcost = static_cast<double>(kLanes * C * 3 * th.ksize);  // multiply-adds per block
+  const double vcost = static_cast<double>(C * 3 * tv.ksize);           // multiply-adds per output row
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, dtype, "clip_preprocess", [&] {
     std::vector<scalar_t> table(lut.begin(), lut.end());
     scalar_t* dst = out.data_ptr<scalar_t>();
-    for (int64_t t0 = 0; t0 < T; t0 += chunk) {
-      const int64_t nt = std::min(chunk, T - t0);
-      // Pass 1 (horizontal): tmp[t, r] = the crop's columns of input row row0 + r, planar.
-      const int64_t nblk = (R + kLanes - 1) / kLanes;
-      parallel_dynamic(nt * nblk, 2, [&](int64_t begin, int64_t end) {
+    // Pass 1 (horizontal) of frame t, row blocks [b0, b1): tmp[r] = the crop's columns of input
+    // row row0 + r, planar [3][C]. buf: the AVX2 kernel's scratch.
+    auto hpass = [&](int64_t t, int64_t b0, int64_t b1, uint8_t* tmp, uint32_t* buf) {
+      for (int64_t b = b0; b < b1; ++b) {
+        const int64_t r0 = b * kLanes, nr = std::min(kLanes, R - r0);
+        const uint8_t* lines[kLanes];
+        uint8_t* outs[kLanes];
+        for (int64_t l = 0; l < nr; ++l) {
+          lines[l] = src + ((t * H) + row0 + r0 + l) * W * 3;
+          outs[l] = tmp + (r0 + l) * 3 * C;
+        }
+#ifdef SLOTVLM_HAVE_AVX2_KERNELS
+        if (avx2) {
+          hpass_block_avx2(lines, nr, th, C, j0, NJ, W, buf, outs);
+          continue;
+        }
+#endif
+        for (int64_t l = 0; l < nr; ++l) hpass_row_scalar(lines[l], th, C, outs[l]);
+      }
+    };
+    // Pass 2 (vertical) of frame t, output rows [y0, y1), then rescale + normalise, into [T, 3, C, C].
+    auto vpass = [&](int64_t t, int64_t y0, int64_t y1, const uint8_t* tmp) {
+      for (int64_t y = y0; y < y1; ++y) {
+        const int32_t* k = tv.w.data() + y * tv.ksize;
+        const uint8_t* base = tmp + (tv.first[y] - row0) * 3 * C;
+        scalar_t* o = dst + (t * 3 * C + y) * C;
+#ifdef SLOTVLM_HAVE_AVX2_KERNELS
+        if (avx2) {
+          vpass_row_avx2<scalar_t>(base, tv.len[y], k, C, table.data(), o, C * C, meanf, stdf, scale);
+          continue;
+        }
+#endif
+        vpass_row_scalar<scalar_t>(base, tv.len[y], k, C, table.data(), o, C * C);
+      }
+    };
+    const int64_t threads = at::get_num_threads();
+    if (T >= 2 * threads) {
+      // Many frames: each thread resizes whole frames, its intermediate image stays in cache.
+      parallel_dynamic(T, 1, nblk * hcost + C * vcost, [&](int64_t begin, int64_t end) {
+        std::vector<uint8_t> tmp(static_cast<size_t>(R * 3 * C));
         std::vector<uint32_t> buf(avx2 ? static_cast<size_t>(NJ * kLanes) : 0);
-        for (int64_t tb = begin; tb < end; ++tb) {
-          const int64_t tl = tb / nblk, r0 = (tb % nblk) * kLanes, nr = std::min(kLanes, R - r0);
-          const uint8_t* lines[kLanes];
-          uint8_t* outs[kLanes];
-          for (int64_t l = 0; l < nr; ++l) {
-            lines[l] = src + (((t0 + tl) * H) + row0 + r0 + l) * W * 3;
-            outs[l] = tmp.data() + (tl * R + r0 + l) * 3 * C;
-          }
-#ifdef SLOTVLM_HAVE_AVX2_KERNELS
-          if (avx2) {
-            hpass_block_avx2(lines, nr, th, C, j0, NJ, W, buf.data(), outs);
-            continue;
-          }
-#endif
-          for (int64_t l = 0; l < nr; ++l) hpass_row_scalar(lines[l], th, C, outs[l]);
+        for (int64_t t = begin; t < end; ++t) {
+          hpass(t, 0, nblk, tmp.data(), buf.data());
+          vpass(t, 0, C, tmp.data());
         }
       });
-      // Pass 2 (vertical), then rescale + normalise through the table, written as [T, 3, C, C].
-      parallel_dynamic(nt * C, 16, [&](int64_t begin, int64_t end) {
-        for (int64_t ty = begin; ty < end; ++ty) {
-          const int64_t tl = ty / C, y = ty % C;
-          const int32_t* k = tv.w.data() + y * tv.ksize;
-          const uint8_t* base = tmp.data() + (tl * R + (tv.first[y] - row0)) * 3 * C;
-          scalar_t* o = dst + ((t0 + tl) * 3 * C + y) * C;
-#ifdef SLOTVLM_HAVE_AVX2_KERNELS
-          if (avx2) {
-            vpass_row_avx2<scalar_t>(base, tv.len[y], k, C, table.data(), o, C * C, meanf, stdf, scale);
-            continue;
-          }
-#endif
-          vpass_row_scalar<scalar_t>(base, tv.len[y], k, C, table.data(), o, C * C);
-        }
-      });
+    } else {
+      // Few (large) frames: the threads share each frame's rows.
+      std::vector<uint8_t> tmp(static_cast<size_t>(R * 3 * C));
+      for (int64_t t = 0; t < T; ++t) {
+        parallel_dynamic(nblk, 2, hcost, [&](int64_t begin, int64_t end) {
+          std::vector<uint32_t> buf(avx2 ? static_cast<size_t>(NJ * kLanes) : 0);
+          hpass(t, begin, end, tmp.data(), buf.data());
+        });
+        parallel_dynamic(C, 16, vcost, [&](int64_t begin, int64_t end) { vpass(t, begin, end, tmp.data()); });
+      }
     }
   });
   return out;
@@ -437,8 +460,9 @@ std::tuple<at::Tensor, at::Tensor> slowfast_pool(const at::Tensor& features, int
     const scalar_t* src = x.data_ptr<scalar_t>();
     scalar_t* dst = fast.data_ptr<scalar_t>();
     const acc_t inv = acc_t(1) / static_cast<acc_t>(stride * stride);
-    const int64_t grain = std::max<int64_t>(1, 32768 / std::max<int64_t>(1, D * stride * stride));
-    at::parallel_for(0, B * T * Ho * Wo, grain, [&](int64_t begin, int64_t end) {
+    // Pieces of about 1M additions: waking threads for less costs more than it saves.
+    const int64_t piece = std::max<int64_t>(1, (int64_t{1} << 20) / std::max<int64_t>(1, D * stride * stride));
+    parallel_dynamic(B * T * Ho * Wo, piece, static_cast<double>(D * stride * stride), [&](int64_t begin, int64_t end) {
       std::vector<acc_t> acc(static_cast<size_t>(D));
       for (int64_t o = begin; o < end; ++o) {
         const int64_t bt = o / (Ho * Wo), rem = o % (Ho * Wo), oy = rem / Wo, ox = rem % Wo;
