@@ -162,8 +162,8 @@ def main(argv=None) -> int:
         h, w = args.video_size
         n_src = write_clip(path, args.video_seconds, args.video_fps, w, h)
         t_ours, t_naive = best_times([lambda: load_video(path, fps=1.0), lambda: naive_decode(path, 1.0)], args.repeat)
-        rows.append((f"decode+sample 1fps {h}x{w}@{args.video_fps} (src frames/s)", n_src / t_ours, n_src / t_naive,
-                     "PyAV decode+convert all"))
+        rows.append((f"decode+sample 1fps {h}x{w}@{args.video_fps}", n_src / t_ours, n_src / t_naive,
+                     "PyAV decode+convert all", "source frames/s"))
 
     proc = clip_processor()
     for h, w in sizes:
@@ -176,13 +176,13 @@ def main(argv=None) -> int:
             [lambda: preprocess(frames), lambda: proc(arrays, return_tensors="pt", input_data_format="channels_last")],
             args.repeat,
         )
-        rows.append((f"preprocess {h}x{w} (max|diff|={diff:.1e})", args.frames / t_ours, args.frames / t_ref,
-                     "CLIPImageProcessor"))
+        rows.append((f"preprocess {h}x{w}", args.frames / t_ours, args.frames / t_ref, "CLIPImageProcessor",
+                     f"max|diff| {diff:.1e}"))
 
     print(f"device: {device}, torch {torch.__version__}, commit {commit()}")
-    print(f"{'what':<58} {'ours f/s':>10} {'baseline f/s':>13} {'speedup':>8}  baseline")
-    for what, ours, base, name in rows:
-        print(f"{what:<58} {ours:>10.1f} {base:>13.1f} {ours / base:>7.2f}x  {name}")
+    print(f"{'what':<34} {'ours f/s':>10} {'baseline f/s':>13} {'speedup':>8}  {'baseline':<24} note")
+    for what, ours, base, name, note in rows:
+        print(f"{what:<34} {ours:>10.1f} {base:>13.1f} {ours / base:>7.2f}x  {name:<24} {note}")
 
     if not args.no_csv:
         out = args.csv or ROOT / "bench" / "results" / f"video-{re.sub(r'[^a-z0-9]+', '-', cpu.lower()).strip('-')}.csv"
@@ -193,7 +193,7 @@ def main(argv=None) -> int:
             wr = csv.writer(f)
             if new:
                 wr.writerow(["timestamp", "commit", "device", "torch", "what", "frames_per_s", "speedup"])
-            for what, ours, base, name in rows:
+            for what, ours, base, name, _ in rows:
                 wr.writerow([stamp, commit(), device, torch.__version__, what, f"{ours:.2f}", f"{ours / base:.3f}"])
                 wr.writerow([stamp, commit(), device, torch.__version__, f"{what} [{name}]", f"{base:.2f}", "1.000"])
         print(f"appended {2 * len(rows)} rows to {out}")
