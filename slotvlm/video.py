@@ -129,12 +129,36 @@ def _clip_preprocess_fake(frames, size, crop_size, mean, std, scale, dtype):
     return frames.new_empty((frames.shape[0], 3, crop_size, crop_size), dtype=dtype)
 
 
+def _slowfast_setup_context(ctx, inputs, output):
+    features, num_slow, stride = (list(inputs) + [8, 4])[:3]
+    ctx.shape, ctx.num_slow, ctx.stride = tuple(features.shape), num_slow, stride
+
+
+def _slowfast_backward(ctx, grad_slow, grad_fast):
+    """d features = scatter-add of grad_slow onto the chosen frames + grad_fast spread evenly over
+    each s x s window."""
+    B, T, H, W, D = ctx.shape
+    s = ctx.stride
+    ref = grad_slow if grad_slow is not None else grad_fast
+    grad = torch.zeros(ctx.shape, dtype=ref.dtype, device=ref.device)
+    if grad_fast is not None:
+        g = grad_fast / (s * s)
+        grad += g.repeat_interleave(s, dim=2).repeat_interleave(s, dim=3)
+    if grad_slow is not None:
+        idx = uniform_indices(T, ctx.num_slow, allow_repeat=True).to(ref.device)
+        grad.index_add_(1, idx, grad_slow)
+    return grad, None, None
+
+
 def _register_python_kernels() -> None:
     # CUDA through the torch reference (avg_pool2d + index_select run on the GPU); fake kernels so
-    # that torch.compile can trace both ops.
+    # that torch.compile can trace both ops; the backward of slowfast_pool.
     torch.library.impl("slotvlm::slowfast_pool", "CUDA", _slowfast_pool_other_device)
     for name, fn in (("slotvlm::slowfast_pool", _slowfast_pool_fake), ("slotvlm::clip_preprocess", _clip_preprocess_fake)):
         torch.library.register_fake(name, fn)
+    torch.library.register_autograd(
+        "slotvlm::slowfast_pool", _slowfast_backward, setup_context=_slowfast_setup_context
+    )
 
 
 _register_python_kernels()
@@ -151,6 +175,7 @@ def slowfast_pool(features: torch.Tensor, num_slow: int = 8, stride: int = 4) ->
 
     Returns:
         ``slow [B, num_slow, H, W, D]`` and ``fast [B, T, H/s, W/s, D]``, in the input dtype.
+        Differentiable with respect to ``features``.
     """
     num_slow = _int_arg("slowfast_pool", "num_slow", num_slow)
     stride = _int_arg("slowfast_pool", "stride", stride)
