@@ -6,7 +6,9 @@
 // 22-bit fixed point with rounding and clipping to uint8 after each pass), centre crop, rescale
 // and normalise. Only the pixels inside the crop are ever computed: the horizontal pass runs over
 // the crop's columns and the input rows that the crop's output rows read, the vertical pass over
-// the crop's rows; the final uint8 -> float step is a 256-entry table per channel.
+// the crop's rows; the final uint8 -> float step repeats transformers' float arithmetic (a table per
+// channel, or the same IEEE operations in vectors). Each pass has an AVX2 kernel, chosen at run
+// time, and a portable one; both give the same bytes.
 #include <ATen/ATen.h>
 #include <ATen/OpMathType.h>
 #include <ATen/Parallel.h>
@@ -17,7 +19,6 @@
 #include <cstdlib>
 #include <cmath>
 #include <cstdint>
-#include <limits>
 #include <type_traits>
 #include <vector>
 
