@@ -190,6 +190,32 @@ def test_stream_without_timestamps_or_duration(tmp_path):
     assert [read_index(f) for f in frames] == [0, 75]
 
 
+def test_audio_stream_first_is_ignored(tmp_path):
+    """An mp4 whose first stream is audio (AAC) and second video: the video stream is decoded."""
+    path = str(tmp_path / "av.mp4")
+    with av.open(path, "w") as c:
+        a = c.add_stream("aac", rate=16000)
+        a.layout = "mono"
+        v = c.add_stream("libx264", rate=25)
+        v.width, v.height, v.pix_fmt = W, H, "yuv420p"
+        n_audio = 0
+        for i in range(100):  # 4 s of video, audio kept alongside
+            for p in v.encode(av.VideoFrame.from_ndarray(index_image(i), format="rgb24")):
+                c.mux(p)
+            while n_audio < (i + 1) * 640:
+                fr = av.AudioFrame.from_ndarray(np.zeros((1, 1024), np.float32), format="fltp", layout="mono")
+                fr.sample_rate, fr.pts = 16000, n_audio
+                n_audio += 1024
+                for p in a.encode(fr):
+                    c.mux(p)
+        for s in (v, a):
+            for p in s.encode():
+                c.mux(p)
+    frames, times = load_video(path, fps=1.0)
+    assert [read_index(f) for f in frames] == [0, 25, 50, 75]
+    assert times.tolist() == [0.0, 1.0, 2.0, 3.0]
+
+
 def test_very_short_clip(tmp_path):
     path = write_video(tmp_path / "short.mp4", cfr(0.2, 25))  # 5 frames, 0.2 s
     frames, times = load_video(path, fps=1.0)
