@@ -201,7 +201,13 @@ class SlotVLM(nn.Module):
             videos = list(pixel_values)
         if not videos:
             raise ValueError("pixel_values is empty: need at least one video")
-        return self.encode_features([self.vision_features(v) for v in videos])
+        for i, v in enumerate(videos):
+            check_tensor(f"pixel_values[{i}]", v, ndim=4, floating=True)
+            if v.shape[0] < 1:
+                raise ValueError(f"pixel_values[{i}] has no frames: {describe(v)}")
+        # all frames of all videos through CLIP together (full chunks), then split per video
+        feats = self.vision_features(torch.cat(videos, 0))
+        return self.encode_features(list(feats.split([v.shape[0] for v in videos])))
 
     def encode_features(self, features=None, *, slow=None, fast=None, return_attn: bool = False):
         """Connector on CLIP features → ``[B, L, H_llm]`` in the LLM's dtype.
