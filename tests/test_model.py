@@ -325,3 +325,19 @@ def test_visualize_writes_png(model, model_dir, clip_path, tmp_path):
     # per-slot mask rows of the object section differ from each other (the masks are not uniform)
     rows = [img[(2 + k) * 32 : (3 + k) * 32, :32].astype(float) for k in range(8)]
     assert max(np.abs(rows[0] - r).mean() for r in rows[1:]) > 1
+
+
+@pytest.mark.parametrize("cmd", ["init", "chat", "visualize"])
+def test_help_lists_device_and_dtype(cmd, capsys):
+    with pytest.raises(SystemExit) as e:
+        main([cmd, "--help"])
+    assert e.value.code == 0
+    out = capsys.readouterr().out
+    assert "--device" in out and "--dtype" in out
+
+
+def test_cli_reports_bad_video(model_dir, tmp_path, capsys):
+    bad = tmp_path / "not_a_video.mp4"
+    bad.write_bytes(b"garbage")
+    assert main(["chat", "--model", model_dir, "--video", str(bad), "--question", "q"]) == 2
+    assert "slotvlm chat: error:" in capsys.readouterr().err

@@ -146,9 +146,10 @@ class SlotVLM(nn.Module):
         cfg = SlotVLMConfig.load(directory)
         model = cls.from_config(cfg, device=device, dtype=dtype, backend=backend)
         weights = os.path.join(directory, WEIGHTS_NAME)
-        if os.path.isfile(weights):
-            state = load_file(weights, device=str(next(model.connector.parameters()).device))
-            model.connector.load_state_dict(state, strict=True)
+        if not os.path.isfile(weights):
+            raise ValueError(f"directory={directory!r} has a config but no {WEIGHTS_NAME}")
+        state = load_file(weights, device=str(next(model.connector.parameters()).device))
+        model.connector.load_state_dict(state, strict=True)
         return model
 
     def save_pretrained(self, directory: str) -> str:
