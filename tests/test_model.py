@@ -87,6 +87,19 @@ def test_vision_features_penultimate_layer(model):
     torch.testing.assert_close(out.reshape(3, G * G, DV), ref, rtol=0, atol=0)
 
 
+def test_full_clip_checkpoint_uses_its_vision_tower(bases, tmp_path):
+    """openai/clip-* checkpoints are whole CLIPModels: the vision tower must be picked out of them."""
+    from transformers import CLIPModel
+
+    full = make_tiny_clip(tmp_path / "clip_full", seed=7, full=True)
+    m = SlotVLM.from_config(SlotVLMConfig(vision_model=full, llm_model=bases[1], slot_dim=24, proj_dim=40),
+                            device="cpu")
+    ref_model = CLIPModel.from_pretrained(full)
+    pixels = torch.randn(2, 3, 224, 224)
+    ref = ref_model.vision_model(pixel_values=pixels, output_hidden_states=True).hidden_states[-2][:, 1:]
+    torch.testing.assert_close(m.vision_features(pixels).reshape(2, G * G, DV), ref, rtol=0, atol=0)
+
+
 def test_train_mode_samples_eval_mode_fixed():
     c = connector()
     f = feats(9)

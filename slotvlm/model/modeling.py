@@ -107,10 +107,12 @@ class SlotVLM(nn.Module):
         cfg.llm_model = _local_or_id(cfg.llm_model)
         if cfg.tokenizer is not None:
             cfg.tokenizer = _local_or_id(cfg.tokenizer)
-        dk = _dtype_kwarg()
-        vision = CLIPVisionModel.from_pretrained(cfg.vision_model, **{dk: dtype}, attn_implementation="sdpa")
+        load = {_dtype_kwarg(): dtype}
+        if device.type == "cuda" and importlib.util.find_spec("accelerate"):
+            load["device_map"] = {"": str(device)}  # straight onto the GPU, no full copy in host memory
+        vision = CLIPVisionModel.from_pretrained(cfg.vision_model, **load, attn_implementation="sdpa")
         llm = AutoModelForCausalLM.from_pretrained(
-            cfg.llm_model, **{dk: dtype}, attn_implementation=_llm_attn_implementation(device, dtype)
+            cfg.llm_model, **load, attn_implementation=_llm_attn_implementation(device, dtype)
         )
         tokenizer = AutoTokenizer.from_pretrained(cfg.tokenizer or cfg.llm_model)
         if tokenizer.pad_token_id is None:
