@@ -131,6 +131,22 @@ def test_batch_of_different_lengths_equals_each_alone(model):
         torch.testing.assert_close(batch[i : i + 1], model.encode_features([fi]), rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.parametrize("backend", ["torch", "triton"])
+def test_varlen_packing_equals_padding_and_mask(backend):
+    if backend == "triton":
+        pytest.importorskip("triton")
+    torch.manual_seed(4)
+    c = connector(use_slow=False, backend=backend, slot_dim=16, slot_hidden_dim=16, proj_dim=16)
+    f = feats(3, 6)
+    c.varlen = False
+    ref, ref_info = c(f, return_attn=True)
+    c.varlen = True
+    out, info = c(f, return_attn=True)
+    torch.testing.assert_close(out, ref, rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(info["fast"], ref_info["fast"], rtol=1e-4, atol=1e-5)
+    assert (info["fast"][0, :, :, 3:] == 0).all()  # no attention on the shorter video's padding
+
+
 def test_cached_form_equals_full_features(model):
     f = feats(6, 13, seed=2)
     slow, fast = slowfast_pool_features(f, 8, 4)
