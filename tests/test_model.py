@@ -225,6 +225,24 @@ def test_token_counts(kw, tokens):
     torch.testing.assert_close(out[1:], c(f[1:]), rtol=1e-5, atol=1e-5)  # masking: batch == alone
 
 
+@pytest.mark.parametrize(
+    "flags,tokens",
+    [
+        pytest.param(["--connector", "pooling"], 356, id="pooling"),
+        pytest.param(["--branches", "object"], 64, id="object-only"),
+        pytest.param(["--branches", "event", "--connector", "qformer"], 128, id="qformer-event"),
+    ],
+)
+def test_init_variants_through_from_pretrained(bases, tmp_path, flags, tokens):
+    out = str(tmp_path / "m")
+    assert main(["init", "--vision", bases[0], "--llm", bases[1], "--out", out, "--slot-dim", "16",
+                 "--proj-dim", "16", "--device", "cpu"] + flags) == 0
+    m = SlotVLM.from_pretrained(out, device="cpu").eval()
+    assert m.config.num_tokens == tokens
+    emb = m.encode_video([torch.randn(7, 3, 224, 224)])
+    assert emb.shape == (1, tokens, H_LLM)
+
+
 def test_pooling_baseline_356_tokens_against_reference():
     c = PoolingConnector(DV, H_LLM, grid_size=G, num_frames=100)
     f = feats(100, 37)
