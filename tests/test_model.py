@@ -223,6 +223,16 @@ def test_token_counts(kw, tokens):
     out = c(f)
     assert out.shape == (2, tokens, H_LLM) and c.num_tokens == tokens
     torch.testing.assert_close(out[1:], c(f[1:]), rtol=1e-5, atol=1e-5)  # masking: batch == alone
+    _, info = c(f, return_attn=True)  # the maps `visualize` draws
+    if c.use_slow:
+        assert info["slow"].shape == (2, 8, 8, G * G)
+        if c.grouper == "qformer":  # cross-attention: each query's softmax over the frame's tokens
+            torch.testing.assert_close(info["slow"].sum(3), torch.ones(2, 8, 8))
+        else:  # slot attention: each token's softmax over the slots
+            torch.testing.assert_close(info["slow"].sum(2), torch.ones(2, 8, G * G))
+    if c.use_fast:
+        assert info["fast"].shape == (2, 16, 8, 9)
+        assert (info["fast"][0, :, :, 5:] == 0).all()  # the 5-frame video's padding gets no attention
 
 
 @pytest.mark.parametrize(
