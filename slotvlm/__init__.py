@@ -18,6 +18,9 @@ _LAZY = {
     "SlotAttention": "slotvlm.nn.slot_attention",
     "MultiHeadSlotAttention": "slotvlm.nn.slot_attention",
     "SlotSSM": "slotvlm.nn.slot_ssm",
+    "SlotVLM": "slotvlm.model.modeling",
+    "SlotVLMConfig": "slotvlm.model.config",
+    "SlowFastSlots": "slotvlm.model.slowfast",
 }
 
 __all__ = sorted(_LAZY) + ["__version__"]
