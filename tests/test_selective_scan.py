@@ -169,3 +169,9 @@ def test_bad_backend_raises_value_error():
     x = make_inputs(1, 3, 2, 2, dtype=torch.float32)
     with pytest.raises(ValueError, match="backend"):
         selective_scan(*(x[k] for k in ARGS), backend="cuda")
+
+
+def test_custom_op_called_directly_checks_shapes():
+    x = make_inputs(2, 5, 4, 3, dtype=torch.float32)
+    with pytest.raises(ValueError, match="h0 must have shape"):
+        torch.ops.slotvlm.selective_scan_fwd(*(x[k] for k in ARGS[:-1]), x["h0"][:1])

@@ -126,6 +126,7 @@ def _scan_fwd_op(
     h0: torch.Tensor,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Returns ``(y, h_last, ckpt)``; ``ckpt`` (the state before each time chunk) is for backward."""
+    _check_scan_args(u, delta, A, B, C, D, h0)  # direct torch.ops calls get the same ValueErrors
     return _kernels().selective_scan_fwd(u, delta, A, B, C, D, h0)
 
 
