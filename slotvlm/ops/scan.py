@@ -79,9 +79,10 @@ def selective_scan_ref(u, delta, A, B, C, D=None, h0=None):
     return y.to(u.dtype), h
 
 
-def selective_scan_parallel(u, delta, A, B, C, D=None, h0=None):
+def selective_scan_parallel(u, delta, A, B, C, D=None, h0=None, *, acc_dtype: torch.dtype | None = None):
     """PyTorch parallel scan of the same recurrence (same arguments and returns as
-    :func:`selective_scan_ref`).
+    :func:`selective_scan_ref`; ``acc_dtype`` overrides the compute dtype, fp32 by default — e.g.
+    bf16 to measure PyTorch's own low-precision error).
 
     The pairs ``(a_t, x_t) = (exp(delta_t A), delta_t B_t u_t)`` compose associatively
     (``(a1, x1)∘(a2, x2) = (a1 a2, a2 x1 + x2)``); ``ceil(log2 T)`` Hillis–Steele doubling steps over
@@ -89,7 +90,7 @@ def selective_scan_parallel(u, delta, A, B, C, D=None, h0=None):
     ``O(R T Dc S)``: a baseline for the benchmark, differentiable by autograd.
     """
     R, T, Dc, S = _check_scan_args(u, delta, A, B, C, D, h0)
-    acc = _acc_dtype(u.dtype)
+    acc = _acc_dtype(u.dtype) if acc_dtype is None else acc_dtype
     u32, dt32, A32, B32, C32 = (x.to(acc) for x in (u, delta, A, B, C))
     a = torch.exp(dt32[..., None] * A32)  # [R, T, Dc, S]
     x = (dt32 * u32)[..., None] * B32[:, :, None, :]
