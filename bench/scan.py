@@ -26,24 +26,19 @@ median of ``triton.testing.do_bench`` on GPU, of repeated wall-clock runs on CPU
 from __future__ import annotations
 
 import argparse
-import csv
 import datetime as _dt
-import os
-import platform
-import re
-import subprocess
 import sys
-import time
 from dataclasses import dataclass
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))  # run from a checkout without installing
+sys.path.insert(0, str(ROOT / "bench"))
 
 import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
+from _common import append_rows, commit, device_name, time_cpu, time_gpu, triton_version  # noqa: E402
 
-COLUMNS = "timestamp,commit,device,torch,triton,shape,mode,provider,dtype,ms,tflops,gbps,peak_mem_mb".split(",")
 PROVIDERS = ("slotvlm", "reference", "parallel", "compile")
 GPU_ONLY = ("slotvlm", "compile")
 MODES = ("fwd", "fwd+bwd")
@@ -133,67 +128,6 @@ def make_case(shape: Shape, provider: str, mode: str, device, dtype):
     return run_bwd
 
 
-# ---------------------------------------------------------------------------------- timing
-def time_gpu(fn) -> tuple[float, float, float, float]:
-    """(median ms, p20, p80, peak MiB) with triton.testing.do_bench."""
-    import triton
-
-    fn()  # compile outside the measurement
-    torch.cuda.synchronize()
-    torch.cuda.reset_peak_memory_stats()
-    fn()
-    torch.cuda.synchronize()
-    peak = torch.cuda.max_memory_allocated() / 2**20
-    med, p20, p80 = triton.testing.do_bench(fn, warmup=25, rep=100, quantiles=[0.5, 0.2, 0.8])
-    return med, p20, p80, peak
-
-
-def time_cpu(fn, budget_s: float = 0.5, max_reps: int = 20) -> tuple[float, float, float, None]:
-    """(median ms, p20, p80, None) from repeated wall-clock runs after one warm-up."""
-    fn()
-    times = []
-    start = time.perf_counter()
-    while len(times) < 3 or (time.perf_counter() - start < budget_s and len(times) < max_reps):
-        t0 = time.perf_counter()
-        fn()
-        times.append((time.perf_counter() - t0) * 1e3)
-    q = torch.tensor(times).quantile(torch.tensor([0.5, 0.2, 0.8])).tolist()
-    return q[0], q[1], q[2], None
-
-
-# ------------------------------------------------------------------------------- reporting
-def device_name(device) -> str:
-    """``torch.cuda.get_device_name()`` on GPU; ``CPU <model> x<cores>`` otherwise."""
-    if torch.device(device).type == "cuda":
-        return torch.cuda.get_device_name(torch.device(device))
-    model = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                model = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return f"CPU {model} x{os.cpu_count()}"
-
-
-def commit() -> str:
-    try:
-        out = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True, timeout=10)
-        return out.stdout.strip() or "unknown"
-    except (OSError, subprocess.SubprocessError):
-        return "unknown"
-
-
-def triton_version() -> str:
-    try:
-        import triton
-
-        return triton.__version__
-    except ImportError:
-        return "none"
-
-
 def parse_args(argv=None):
     p = argparse.ArgumentParser(
         description="Benchmark the selective scan: fused Triton kernels vs the sequential PyTorch "
@@ -274,15 +208,7 @@ def main(argv=None) -> int:
     if not cuda:
         print("\nNo CUDA GPU on this machine: the slotvlm (Triton) and compile providers were skipped; sizes are the reduced CPU ones.")
     if rows and not args.no_csv:
-        slug = re.sub(r"[^a-z0-9]+", "-", dev_name.lower()).strip("-")
-        path = Path(args.csv) if args.csv else ROOT / "bench" / "results" / f"{slug}.csv"
-        path.parent.mkdir(parents=True, exist_ok=True)
-        new = not path.exists() or path.stat().st_size == 0
-        with path.open("a", newline="") as fh:
-            writer = csv.DictWriter(fh, fieldnames=COLUMNS, extrasaction="ignore")
-            if new:
-                writer.writeheader()
-            writer.writerows(rows)
+        path = append_rows(rows, dev_name, args.csv)
         print(f"\nappended {len(rows)} rows to {path}")
     return 0
 
