@@ -1,0 +1,329 @@
+"""The fused Triton slot attention (step, GRU gates, module) against fp64 PyTorch references.
+
+Runs on CPU under Triton's interpreter (fp32). Every output and every gradient is compared with
+a shared random upstream gradient. GPU (bf16/fp16) checks live in test_fused_gpu.py.
+"""
+from __future__ import annotations
+
+import os
+
+import pytest
+import torch
+
+from slotvlm import MultiHeadSlotAttention, SlotAttention
+from slotvlm.ops.slot_attention_ref import slot_attention_step_ref
+
+pytestmark = pytest.mark.skipif(
+    os.environ.get("TRITON_INTERPRET") != "1", reason="interpreter tests: run with TRITON_INTERPRET=1 (conftest's default)"
+)
+
+fused = pytest.importorskip("slotvlm.ops.fused")
+import kernels.gru as kgru  # noqa: E402
+import kernels.slot_attention as ksa  # noqa: E402
+
+ATOL, RTOL = 1e-4, 1e-3
+
+
+def close(actual, expected, name):
+    assert actual is not None and expected is not None, name
+    torch.testing.assert_close(actual.double(), expected.double(), atol=ATOL, rtol=RTOL, msg=lambda m: f"{name}: {m}")
+
+
+class LaunchCounter:
+    """Counts real launches of a @triton.jit kernel (possibly wrapped by @triton.heuristics)."""
+
+    def __init__(self, monkeypatch, kernel):
+        self.n = 0
+        # the JITFunction / InterpretedFunction itself, or the one under the heuristics wrapper
+        jit = kernel.fn if hasattr(getattr(kernel, "fn", None), "run") else kernel
+        run = jit.run
+
+        def counting_run(*args, **kwargs):
+            self.n += 1
+            return run(*args, **kwargs)
+
+        monkeypatch.setattr(jit, "run", counting_run)
+
+
+def _step_inputs(P, K, H, Dh, N, masked):
+    q = torch.randn(P, K, H, Dh)
+    k = torch.randn(P, N, H, Dh)
+    v = torch.randn(P, N, H, Dh)
+    mask = None
+    if masked:
+        mask = torch.rand(P, N) > 0.3
+        mask[-1] = False  # an all-padding row
+    return q, k, v, mask
+
+
+def _ref_step_grads(q, k, v, mask, scale, du, da):
+    qd, kd, vd = (t.double().requires_grad_() for t in (q, k, v))
+    u, a = slot_attention_step_ref(qd, kd, vd, mask, scale=scale, eps=1e-8, return_attn=True)
+    ((u * du.double()).sum() + (a * da.double()).sum()).backward()
+    return u, a, qd.grad, kd.grad, vd.grad
+
+
+STEP_CASES = [
+    pytest.param(2, 7, 1, 40, 37, False, id="odd-K7-D40-N37"),
+    pytest.param(3, 7, 1, 40, 37, True, id="mask-with-all-padding-row"),
+    pytest.param(2, 5, 3, 8, 21, True, id="multihead-H3"),
+]
+
+
+@pytest.mark.parametrize("P,K,H,Dh,N,masked", STEP_CASES)
+def test_step_matches_fp64_reference(P, K, H, Dh, N, masked):
+    q, k, v, mask = _step_inputs(P, K, H, Dh, N, masked)
+    scale = Dh**-0.5
+    qs, ks, vs = (t.clone().requires_grad_() for t in (q, k, v))
+    u, a = fused.slot_attention_step(qs, ks, vs, mask, scale=scale, return_attn=True)
+    du, da = torch.randn_like(u), torch.randn_like(a)
+    ((u * du).sum() + (a * da).sum()).backward()
+    ru, ra, rdq, rdk, rdv = _ref_step_grads(q, k, v, mask, scale, du, da)
+    close(u, ru, "updates")
+    close(a, ra, "attn")
+    close(qs.grad, rdq, "dq")
+    close(ks.grad, rdk, "dk")
+    close(vs.grad, rdv, "dv")
+    assert torch.isfinite(u).all()
+    if masked:  # all-padding row: zero updates, zero attention, zero k/v gradients
+        assert u[-1].abs().max() == 0 and a[-1].abs().max() == 0
+        assert ks.grad[-1].abs().max() == 0 and vs.grad[-1].abs().max() == 0
+
+
+def test_step_without_attn_returns_none():
+    q, k, v, _ = _step_inputs(1, 3, 1, 16, 9, False)
+    u, a = fused.slot_attention_step(q, k, v, scale=0.25)
+    assert a is None
+    close(u, slot_attention_step_ref(q.double(), k.double(), v.double(), scale=0.25)[0], "updates")
+
+
+def test_split_paths_of_the_launchers():
+    """N split across programs (fp32 partial sums) and D split of the values, fwd and bwd."""
+    q, k, v, mask = _step_inputs(2, 7, 2, 40, 37, True)
+    scale = 40**-0.5
+    cfg = {"BLOCK_N": 16, "BLOCK_DV": 16, "BLOCK_DK": 16}
+    m8 = mask.view(torch.uint8)
+    out, den, attn = ksa.slot_attention_fwd(q, k, v, m8, scale=scale, eps=1e-8, return_attn=True, config=cfg, n_split=3)
+    du, da = torch.randn_like(out), torch.randn_like(attn)
+    dq, dk, dv = ksa.slot_attention_bwd(
+        q, k, v, m8, None, None, out, du, den, da, scale=scale, eps=1e-8, config=cfg, n_split=3
+    )
+    ru, ra, rdq, rdk, rdv = _ref_step_grads(q, k, v, mask, scale, du, da)
+    for got, want, name in [(out, ru, "updates"), (attn, ra, "attn"), (dq, rdq, "dq"), (dk, rdk, "dk"), (dv, rdv, "dv")]:
+        close(got, want, name)
+
+
+def _pack(k, lengths):
+    return torch.cat([k[i, :n] for i, n in enumerate(lengths)])
+
+
+def test_varlen_step_equals_padded():
+    lengths = [5, 0, 23]  # an empty sequence behaves like an all-padding row
+    P, K, H, Dh, N = 3, 6, 2, 12, max(lengths)
+    q, k, v, _ = _step_inputs(P, K, H, Dh, N, False)
+    mask = torch.arange(N)[None, :] < torch.tensor(lengths)[:, None]
+    cu = torch.tensor([0, 5, 5, 28], dtype=torch.int32)
+    kp, vp = (_pack(t, lengths).requires_grad_() for t in (k, v))
+    qs = q.clone().requires_grad_()
+    u, a = fused.slot_attention_step_varlen(qs, kp, vp, cu, scale=0.3, return_attn=True)
+    assert a.shape == (H, K, 28)
+    du = torch.randn_like(u)
+    da_pad = torch.randn(P, H, K, N) * mask[:, None, None, :]
+    da = da_pad.permute(1, 2, 0, 3)[:, :, mask]  # [H, K, T], tokens in packed order
+    ((u * du).sum() + (a * da).sum()).backward()
+    ru, ra, rdq, rdk, rdv = _ref_step_grads(q, k, v, mask, 0.3, du, da_pad)
+    close(u, ru, "updates")
+    close(a, ra.permute(1, 2, 0, 3)[:, :, mask], "attn")
+    close(qs.grad, rdq, "dq")
+    close(kp.grad, _pack(rdk, lengths), "dk")
+    close(vp.grad, _pack(rdv, lengths), "dv")
+    assert u[1].abs().max() == 0
+
+
+def test_gru_cell_matches_nn_grucell():
+    M, D_in, D = 9, 12, 20
+    cell = torch.nn.GRUCell(D_in, D)
+    ref = torch.nn.GRUCell(D_in, D).double()
+    ref.load_state_dict(cell.state_dict())
+    x, h = torch.randn(M, D_in), torch.randn(M, D)
+    xs, hs = x.clone().requires_grad_(), h.clone().requires_grad_()
+    xd, hd = x.double().requires_grad_(), h.double().requires_grad_()
+    out = fused.gru_cell(xs, hs, cell)
+    want = ref(xd, hd)
+    g = torch.randn_like(out)
+    (out * g).sum().backward()
+    (want * g.double()).sum().backward()
+    close(out, want, "h'")
+    close(xs.grad, xd.grad, "dx")
+    close(hs.grad, hd.grad, "dh")
+    for (name, p), (_, pr) in zip(cell.named_parameters(), ref.named_parameters()):
+        close(p.grad, pr.grad, name)
+
+
+# ---------------------------------------------------------------------------- module level
+def _fixed_noise(module, noise):
+    """Make the gaussian init use a fixed noise tensor so fp32 and fp64 runs see the same slots."""
+
+    def initial_slots(batch, num_slots, *, device, dtype, deterministic=False):
+        if module.init == "learned":
+            return module.slots_init.to(dtype).unsqueeze(0).expand(batch, -1, -1)
+        sigma = module.slots_logsigma.exp()
+        return module.slots_mu + sigma * noise[:batch, :num_slots, : module.dim].to(dtype)
+
+    module.initial_slots = initial_slots
+
+
+def _pair(make, noise_shape):
+    fast = make(backend="triton")
+    ref = make(backend="torch")
+    ref.load_state_dict(fast.state_dict())
+    ref.double()
+    noise = torch.randn(noise_shape)
+    _fixed_noise(fast, noise)
+    _fixed_noise(ref, noise)
+    return fast, ref
+
+
+MODULE_CASES = [
+    pytest.param(lambda **kw: SlotAttention(7, 40, iters=2, hidden_dim=48, **kw), 37, True, id="odd-K7-D40-N37-mask"),
+    pytest.param(lambda **kw: MultiHeadSlotAttention(5, 24, heads=2, dim_head=12, iters=2, **kw), 19, False, id="multihead"),
+    pytest.param(lambda **kw: SlotAttention(4, 16, iters=3, init="learned", **kw), 21, True, id="learned-init-3-iters"),
+    pytest.param(lambda **kw: SlotAttention(4, 16, iters=3, implicit_grad=True, **kw), 21, False, id="implicit-grad"),
+]
+
+
+@pytest.mark.parametrize("make,N,masked", MODULE_CASES)
+def test_module_matches_fp64_torch_backend(make, N, masked):
+    B = 2
+    fast, ref = _pair(make, (B, 8, 64))
+    x = torch.randn(B, N, fast.dim)
+    mask = None
+    if masked:
+        mask = torch.rand(B, N) > 0.3
+        mask[-1] = False
+    xs, xd = x.clone().requires_grad_(), x.double().requires_grad_()
+    out, attn = fast(xs, mask=mask, return_attn=True)
+    want, want_attn = ref(xd, mask=mask, return_attn=True)
+    g, ga = torch.randn_like(out), torch.randn_like(attn)
+    ((out * g).sum() + (attn * ga).sum()).backward()
+    ((want * g.double()).sum() + (want_attn * ga.double()).sum()).backward()
+    close(out, want, "slots")
+    close(attn, want_attn, "attn")
+    close(xs.grad, xd.grad, "d inputs")
+    grads = 0
+    for (name, p), (_, pr) in zip(fast.named_parameters(), ref.named_parameters()):
+        assert (p.grad is None) == (pr.grad is None), name
+        if p.grad is not None:
+            close(p.grad, pr.grad, name)
+            grads += 1
+    # every parameter gets a gradient (implicit grad detaches the slots, hence not the init's)
+    detached = {"slots_mu", "slots_logsigma"} if fast.implicit_grad else set()
+    assert grads == sum(1 for name, _ in fast.named_parameters() if name not in detached)
+
+
+def test_forward_varlen_equals_padded_forward():
+    lengths = [9, 0, 14]
+    fast, ref = _pair(lambda **kw: SlotAttention(5, 16, iters=2, **kw), (3, 5, 16))
+    x = torch.randn(sum(lengths), 16)
+    cu = torch.tensor([0, 9, 9, 23], dtype=torch.int32)
+    xs, xd = x.clone().requires_grad_(), x.double().requires_grad_()
+    out, attn = fast.forward_varlen(xs, cu, return_attn=True)
+    want, want_attn = ref.forward_varlen(xd, cu, return_attn=True)  # torch backend: padding + mask
+    assert out.shape == (3, 5, 16) and attn.shape == (5, 23)
+    g = torch.randn_like(out)
+    (out * g).sum().backward()
+    (want * g.double()).sum().backward()
+    close(out, want, "slots")
+    close(attn, want_attn, "attn")
+    close(xs.grad, xd.grad, "d inputs")
+    # and the torch backend's varlen is its padded forward
+    padded = torch.zeros(3, 14, 16, dtype=torch.float64)
+    mask = torch.arange(14)[None, :] < torch.tensor(lengths)[:, None]
+    padded[mask] = x.double()
+    close(ref(padded, mask=mask), want, "varlen == padded (torch)")
+
+
+def test_triton_backend_really_launches_kernels(monkeypatch):
+    fwd = LaunchCounter(monkeypatch, ksa._slot_attn_fwd_kernel)
+    bwd = LaunchCounter(monkeypatch, ksa._slot_attn_bwd_kernel)
+    gates = LaunchCounter(monkeypatch, kgru._gru_gates_fwd_kernel)
+    model = SlotAttention(3, 16, iters=3, backend="triton")
+    model(torch.randn(2, 10, 16)).sum().backward()
+    assert (fwd.n, bwd.n) == (3, 3)
+    assert gates.n == 3
+    SlotAttention(3, 16, iters=3, backend="auto")(torch.randn(2, 10, 16))  # CPU + auto = reference
+    SlotAttention(3, 16, iters=3, backend="torch")(torch.randn(2, 10, 16))
+    assert (fwd.n, gates.n) == (3, 3)
+
+
+@pytest.mark.parametrize("iters", [2, 4])
+def test_implicit_grad_backward_cost_is_independent_of_iters(monkeypatch, iters):
+    bwd = LaunchCounter(monkeypatch, ksa._slot_attn_bwd_kernel)
+    gru_bwd = LaunchCounter(monkeypatch, kgru._gru_gates_bwd_kernel)
+    model = SlotAttention(3, 16, iters=iters, implicit_grad=True, backend="triton")
+    out = model(torch.randn(2, 10, 16))
+    out.sum().backward()
+    assert (bwd.n, gru_bwd.n) == (1, 1)  # only the last iteration is differentiated
+
+
+def test_errors_name_the_argument(monkeypatch):
+    q, k, v, _ = _step_inputs(1, 3, 1, 16, 9, False)
+    with pytest.raises(ValueError, match="float64"):
+        fused.slot_attention_step(q.double(), k.double(), v.double(), scale=1.0)
+    with pytest.raises(ValueError, match="k must have shape"):
+        fused.slot_attention_step(q, k[..., :8], v, scale=1.0)
+    with pytest.raises(ValueError, match="mask"):
+        fused.slot_attention_step(q, k, v, torch.ones(1, 9), scale=1.0)
+    with pytest.raises(ValueError, match="cu_seqlens"):
+        fused.slot_attention_step_varlen(q, k[0], v[0], torch.tensor([0, 9]), scale=1.0)
+    with pytest.raises(ValueError, match="cu_seqlens"):
+        fused.slot_attention_step_varlen(q, k[0], v[0], torch.tensor([0, 7], dtype=torch.int32), scale=1.0)
+    with pytest.raises(ValueError, match="cu_seqlens"):
+        SlotAttention(3, 16, backend="triton").forward_varlen(torch.randn(9, 16), torch.tensor([0, 4], dtype=torch.int32))
+    monkeypatch.setenv("TRITON_INTERPRET", "0")
+    with pytest.raises(ValueError, match="TRITON_INTERPRET"):
+        fused.slot_attention_step(q, k, v, scale=1.0)
+
+
+# ------------------------------------------------------------------ torch.library integration
+def _opcheck(op, args):
+    torch.library.opcheck(op, args)
+
+
+def test_opcheck_slot_attn_fwd_padded_with_mask():
+    q, k, v, mask = _step_inputs(2, 3, 1, 16, 9, True)
+    _opcheck(torch.ops.slotvlm.slot_attn_fwd.default, (q.requires_grad_(), k.requires_grad_(), v, mask, None, 9, 0.25, 1e-8, True))
+
+
+def test_opcheck_slot_attn_fwd_varlen():
+    q, k, v, _ = _step_inputs(2, 3, 2, 16, 9, False)
+    cu = torch.tensor([0, 4, 9], dtype=torch.int32)
+    _opcheck(torch.ops.slotvlm.slot_attn_fwd.default, (q.requires_grad_(), k[0], v[0].requires_grad_(), None, cu, 5, 0.25, 1e-8, False))
+
+
+def test_opcheck_slot_attn_bwd():
+    q, k, v, mask = _step_inputs(2, 3, 1, 16, 9, True)
+    out, den, _ = torch.ops.slotvlm.slot_attn_fwd(q, k, v, mask, None, 9, 0.25, 1e-8, False)
+    _opcheck(torch.ops.slotvlm.slot_attn_bwd.default, (q, k, v, mask, None, 9, out, torch.randn_like(out), den, None, 0.25, 1e-8))
+
+
+def test_opcheck_gru_gates_and_bwd():
+    gi, gh, h = torch.randn(5, 24), torch.randn(5, 24), torch.randn(5, 8)
+    _opcheck(torch.ops.slotvlm.gru_gates.default, (gi.requires_grad_(), gh.requires_grad_(), h.requires_grad_()))
+    _opcheck(torch.ops.slotvlm.gru_gates_bwd.default, (gi.detach(), gh.detach(), h.detach(), torch.randn(5, 8)))
+
+
+def test_torch_compile_fullgraph_traces_the_triton_model():
+    torch._dynamo.reset()
+    model = SlotAttention(4, 16, iters=2, backend="triton", deterministic_init=True)
+    ref = SlotAttention(4, 16, iters=2, backend="torch", deterministic_init=True)
+    ref.load_state_dict(model.state_dict())
+    compiled = torch.compile(model, fullgraph=True, backend="aot_eager")
+    x = torch.randn(2, 11, 16)
+    xs, xr = x.clone().requires_grad_(), x.clone().requires_grad_()
+    out = compiled(xs)
+    out.sum().backward()
+    want = ref(xr)
+    want.sum().backward()
+    torch.testing.assert_close(out, want, atol=ATOL, rtol=RTOL)
+    torch.testing.assert_close(xs.grad, xr.grad, atol=ATOL, rtol=RTOL)
