@@ -1,7 +1,6 @@
 // The one schema file of slotvlm._C: every op's signature is declared here, once.
 // Implementations live in one file per backend (csrc/cpu/*.cpp, csrc/cuda/*.cu) and register
 // themselves with TORCH_LIBRARY_IMPL. Python calls them as torch.ops.slotvlm.<name>.
-#include <Python.h>
 #include <torch/library.h>
 
 TORCH_LIBRARY(slotvlm, m) {
@@ -14,11 +13,4 @@ TORCH_LIBRARY(slotvlm, m) {
   m.def("uniform_indices(int num_frames, int k, bool allow_repeat=False) -> Tensor");
   // The middle frame of each of k equal segments of [0, num_frames).
   m.def("segment_midpoints(int num_frames, int k, bool allow_repeat=False) -> Tensor");
-}
-
-// Python module init: importing slotvlm._C loads this library, whose static initialisers register
-// the ops above. No Python functions are bound here; everything goes through torch.ops.
-extern "C" PyObject* PyInit__C(void) {
-  static struct PyModuleDef module_def = {PyModuleDef_HEAD_INIT, "_C", nullptr, -1, nullptr};
-  return PyModule_Create(&module_def);
 }
