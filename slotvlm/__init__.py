@@ -24,6 +24,10 @@ _LAZY = {
     "preprocess": "slotvlm.video",
     "VideoError": "slotvlm.video",
     "slowfast_pool": "slotvlm.video",
+    "SlotSSM": "slotvlm.nn.slot_ssm",
+    "SlotVLM": "slotvlm.model.modeling",
+    "SlotVLMConfig": "slotvlm.model.config",
+    "SlowFastSlots": "slotvlm.model.slowfast",
 }
 
 __all__ = sorted(_LAZY) + ["__version__"]

@@ -1,0 +1,91 @@
+"""Shared by the benchmarks in bench/: timing (do_bench on GPU, wall clock on CPU), the device /
+commit / version stamps, and appending rows to ``bench/results/<device>.csv`` with the common
+columns."""
+from __future__ import annotations
+
+import csv
+import os
+import platform
+import re
+import subprocess
+import time
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parent.parent
+COLUMNS = "timestamp,commit,device,torch,triton,shape,mode,provider,dtype,ms,tflops,gbps,peak_mem_mb".split(",")
+
+
+def time_gpu(fn) -> tuple[float, float, float, float]:
+    """(median ms, p20, p80, peak MiB) with triton.testing.do_bench."""
+    import triton
+
+    fn()  # compile outside the measurement
+    torch.cuda.synchronize()
+    torch.cuda.reset_peak_memory_stats()
+    fn()
+    torch.cuda.synchronize()
+    peak = torch.cuda.max_memory_allocated() / 2**20
+    med, p20, p80 = triton.testing.do_bench(fn, warmup=25, rep=100, quantiles=[0.5, 0.2, 0.8])
+    return med, p20, p80, peak
+
+
+def time_cpu(fn, budget_s: float = 0.5, max_reps: int = 20) -> tuple[float, float, float, None]:
+    """(median ms, p20, p80, None) from repeated wall-clock runs after one warm-up."""
+    fn()
+    times = []
+    start = time.perf_counter()
+    while len(times) < 3 or (time.perf_counter() - start < budget_s and len(times) < max_reps):
+        t0 = time.perf_counter()
+        fn()
+        times.append((time.perf_counter() - t0) * 1e3)
+    q = torch.tensor(times).quantile(torch.tensor([0.5, 0.2, 0.8])).tolist()
+    return q[0], q[1], q[2], None
+
+
+def device_name(device) -> str:
+    """``torch.cuda.get_device_name()`` on GPU; ``CPU <model> x<cores>`` otherwise."""
+    if torch.device(device).type == "cuda":
+        return torch.cuda.get_device_name(torch.device(device))
+    model = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return f"CPU {model} x{os.cpu_count()}"
+
+
+def commit() -> str:
+    try:
+        out = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True, timeout=10)
+        return out.stdout.strip() or "unknown"
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+
+
+def triton_version() -> str:
+    try:
+        import triton
+
+        return triton.__version__
+    except ImportError:
+        return "none"
+
+
+def append_rows(rows: list[dict], dev_name: str, csv_path: str | None = None) -> Path:
+    """Append ``rows`` (dicts with at least :data:`COLUMNS`; other keys are ignored) to
+    ``csv_path`` or ``bench/results/<device slug>.csv``, writing the header to a new file."""
+    slug = re.sub(r"[^a-z0-9]+", "-", dev_name.lower()).strip("-")
+    path = Path(csv_path) if csv_path else ROOT / "bench" / "results" / f"{slug}.csv"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    new = not path.exists() or path.stat().st_size == 0
+    with path.open("a", newline="") as fh:
+        writer = csv.DictWriter(fh, fieldnames=COLUMNS, extrasaction="ignore")
+        if new:
+            writer.writeheader()
+        writer.writerows(rows)
+    return path
