@@ -21,6 +21,10 @@ _LAZY = {
     "SlotVLM": "slotvlm.model.modeling",
     "SlotVLMConfig": "slotvlm.model.config",
     "SlowFastSlots": "slotvlm.model.slowfast",
+    "load_video": "slotvlm.video",
+    "preprocess": "slotvlm.video",
+    "VideoError": "slotvlm.video",
+    "slowfast_pool": "slotvlm.video",
 }
 
 __all__ = sorted(_LAZY) + ["__version__"]

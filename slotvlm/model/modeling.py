@@ -332,7 +332,7 @@ class SlotVLM(nn.Module):
 
     def load_video(self, path: str, max_frames: int | None = None) -> torch.Tensor:
         """Decode ``path`` at ``config.fps`` → CLIP-ready ``[T, 3, S, S]``."""
-        from ._video import load_video, preprocess  # noqa: PLC0415
+        from ..video import load_video, preprocess  # noqa: PLC0415
 
         frames, _ = load_video(path, fps=self.config.fps, max_frames=max_frames or self.config.max_frames)
         return preprocess(frames, size=self.config.image_size)

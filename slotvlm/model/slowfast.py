@@ -25,31 +25,11 @@ __all__ = ["SlowFastSlots", "SlotGrouper", "QueryFormer", "slowfast_pool_feature
 
 # ---------------------------------------------------------------------- pooling
 def _uniform_indices(num_frames: int, k: int) -> torch.Tensor:
-    """``k`` frame indices spread uniformly over ``num_frames`` (repeats allowed when T < k)."""
-    from .._ext import ops  # noqa: PLC0415  (the C++ sampling op every branch shares)
+    """``k`` frame indices spread uniformly over ``num_frames`` (repeats allowed when T < k): the
+    object branch's frames, the same choice :func:`slotvlm.video.slowfast_pool` makes."""
+    from ..video import uniform_indices  # noqa: PLC0415
 
-    return ops.uniform_indices(int(num_frames), int(k), True)
-
-
-def _slowfast_pool(features: torch.Tensor, num_slow: int, stride: int):
-    """``features [B, T, G, G, D]`` → ``(slow [B, num_slow, G, G, D], fast [B, T, G/s, G/s, D])``.
-
-    Uses ``slotvlm.video.slowfast_pool`` (the C++ op) when the video runtime provides it, else the
-    same computation in plain PyTorch.
-    """
-    try:
-        from ..video import slowfast_pool  # noqa: PLC0415
-    except ImportError:
-        slowfast_pool = None
-    if slowfast_pool is not None:
-        return slowfast_pool(features, num_slow=num_slow, stride=stride)
-    b, t, h, w, d = features.shape
-    idx = _uniform_indices(t, num_slow).to(features.device)
-    slow = features.index_select(1, idx)
-    x = features.reshape(b * t, h, w, d).permute(0, 3, 1, 2)
-    fast = F.avg_pool2d(x, kernel_size=stride, stride=stride)
-    fast = fast.permute(0, 2, 3, 1).reshape(b, t, h // stride, w // stride, d)
-    return slow, fast
+    return uniform_indices(int(num_frames), int(k), allow_repeat=True)
 
 
 def slowfast_pool_features(
@@ -64,12 +44,14 @@ def slowfast_pool_features(
     Returns:
         ``slow [B, num_slow, G, G, D]`` and ``fast``: a list of ``[T_i, G/s, G/s, D]`` tensors.
     """
+    from ..video import slowfast_pool  # noqa: PLC0415  (the C++ op)
+
     if isinstance(features, torch.Tensor) and features.dim() == 5:
-        slow, fast = _slowfast_pool(features, num_slow, stride)
+        slow, fast = slowfast_pool(features, num_slow=num_slow, stride=stride)
         return slow, list(fast.unbind(0))
     slows, fasts = [], []
     for f in features:
-        s, fa = _slowfast_pool(f.unsqueeze(0), num_slow, stride)
+        s, fa = slowfast_pool(f.unsqueeze(0), num_slow=num_slow, stride=stride)
         slows.append(s)
         fasts.append(fa[0])
     return torch.cat(slows, 0), fasts
