@@ -398,3 +398,17 @@ def test_cli_reports_bad_video(model_dir, tmp_path, capsys):
     bad.write_bytes(b"garbage")
     assert main(["chat", "--model", model_dir, "--video", str(bad), "--question", "q"]) == 2
     assert "slotvlm chat: error:" in capsys.readouterr().err
+
+
+def test_vicuna_v1_template():
+    from slotvlm.conversation import VICUNA_V1_SYSTEM, get_template
+
+    conv = get_template("vicuna_v1")
+    assert conv.prompt("Why?") == f"{VICUNA_V1_SYSTEM} USER: <video>\nWhy? ASSISTANT:"
+    assert conv.prompt("Then?", history=[("Why?", "Because.")]) == (
+        f"{VICUNA_V1_SYSTEM} USER: <video>\nWhy? ASSISTANT: Because.</s>USER: Then? ASSISTANT:"
+    )
+    assert conv.prompt("In <video> what?").count("<video>") == 1
+    with pytest.raises(ValueError, match="conv_template"):
+        get_template("llama2")
+
