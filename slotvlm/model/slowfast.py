@@ -352,7 +352,8 @@ class SlowFastSlots(nn.Module):
         full = all(n == t_max for n in lengths)
         seq_mask = None if full else mask.unsqueeze(1).expand(b, p, t_max).reshape(b * p, t_max)
         if self.event_encoder == "slot_ssm":
-            slots, attn = self.fast_slots(x, lengths=torch.tensor(lengths).repeat_interleave(p), return_attn=return_attn)
+            seq_lengths = torch.tensor(lengths).repeat_interleave(p)
+            slots, attn = self.fast_slots(x, lengths=seq_lengths, return_attn=return_attn)
         elif seq_mask is not None and self._use_varlen(x):
             slots, attn = self._fast_varlen(x, seq_mask, [n for n in lengths for _ in range(p)], return_attn)
         else:
@@ -494,8 +495,8 @@ class PoolingConnector(nn.Module):
             fast = list(fast.unbind(0)) if isinstance(fast, torch.Tensor) else list(fast)
             if len(fast) != slow.shape[0]:
                 raise ValueError(f"slow has batch {slow.shape[0]} but fast has {len(fast)} videos")
-            for s, f in zip(slow, fast):
-                check_tensor("fast[i]", f, shape=(None, None, None, dv), floating=True)
+            for i, (s, f) in enumerate(zip(slow, fast)):
+                check_tensor(f"fast[{i}]", f, shape=(None, None, None, dv), floating=True)
                 temporal = f.to(dtype).flatten(1, 2).mean(1)
                 spatial = s.to(dtype).reshape(s.shape[0], g * g, dv).mean(0)
                 tokens.append(torch.cat([self._temporal(temporal), spatial], 0))
