@@ -361,11 +361,17 @@ def test_chat_prints_answer(model, model_dir, clip_path, capsys):
     assert printed == expected and printed
 
 
-def test_chat_interactive(model_dir, clip_path, capsys, monkeypatch):
-    monkeypatch.setattr("sys.stdin", io.StringIO("What color is the square?\nHow many objects?\n"))
+def test_chat_interactive_keeps_history(model, model_dir, clip_path, capsys, monkeypatch):
+    q1, q2 = "What color is the square?", "How many objects?"
+    monkeypatch.setattr("sys.stdin", io.StringIO(f"{q1}\n{q2}\n"))
     assert main(["chat", "--model", model_dir, "--video", clip_path, "--max-new-tokens", "4"]) == 0
     lines = [ln for ln in capsys.readouterr().out.splitlines() if ln.startswith("ASSISTANT:")]
-    assert len(lines) == 2
+    emb = model.encode_video([model.load_video(clip_path)])
+    a1 = model.generate(emb, [q1], max_new_tokens=4)[0]
+    a2 = model.generate(emb, [q2], max_new_tokens=4, history=[[(q1, a1)]])[0]
+    assert lines == [f"ASSISTANT: {a1}", f"ASSISTANT: {a2}"]
+    inp = model.build_inputs(emb, [q2], history=[[(q1, a1)]])
+    assert inp["inputs_embeds"].shape[1] > model.build_inputs(emb, [q2])["inputs_embeds"].shape[1]
 
 
 def test_visualize_writes_png(model, model_dir, clip_path, tmp_path):
