@@ -20,14 +20,14 @@ _LAZY = {
     "slot_attention_step": "slotvlm.ops.fused",
     "slot_attention_step_varlen": "slotvlm.ops.fused",
     "gru_cell": "slotvlm.ops.fused",
-    "load_video": "slotvlm.video",
-    "preprocess": "slotvlm.video",
-    "VideoError": "slotvlm.video",
-    "slowfast_pool": "slotvlm.video",
     "SlotSSM": "slotvlm.nn.slot_ssm",
     "SlotVLM": "slotvlm.model.modeling",
     "SlotVLMConfig": "slotvlm.model.config",
     "SlowFastSlots": "slotvlm.model.slowfast",
+    "load_video": "slotvlm.video",
+    "preprocess": "slotvlm.video",
+    "VideoError": "slotvlm.video",
+    "slowfast_pool": "slotvlm.video",
 }
 
 __all__ = sorted(_LAZY) + ["__version__"]
