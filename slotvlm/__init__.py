@@ -17,6 +17,9 @@ __version__ = "0.1.0"
 _LAZY = {
     "SlotAttention": "slotvlm.nn.slot_attention",
     "MultiHeadSlotAttention": "slotvlm.nn.slot_attention",
+    "SlotVLM": "slotvlm.model.modeling",
+    "SlotVLMConfig": "slotvlm.model.config",
+    "SlowFastSlots": "slotvlm.model.slowfast",
 }
 
 __all__ = sorted(_LAZY) + ["__version__"]

@@ -1,0 +1,294 @@
+"""Slot-VLM model tests on tiny random checkpoints (tiny CLIP + tiny LLaMA saved to a temp folder and
+loaded through the same from_pretrained path as real hub ids)."""
+import io
+import os
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from slotvlm.cli import main
+from slotvlm.model import PoolingConnector, SlotVLM, SlotVLMConfig, SlowFastSlots, slowfast_pool_features
+from slotvlm.testing import make_clip, make_tiny_clip, make_tiny_llm
+
+DV, H_LLM, G = 32, 64, 16  # tiny CLIP width, tiny LLaMA width, patch grid
+
+
+@pytest.fixture(scope="module")
+def bases(tmp_path_factory):
+    root = tmp_path_factory.mktemp("bases")
+    return make_tiny_clip(root / "clip"), make_tiny_llm(root / "llm")
+
+
+@pytest.fixture(scope="module")
+def model_dir(bases, tmp_path_factory):
+    out = tmp_path_factory.mktemp("model") / "slotvlm"
+    clip, llm = bases
+    rc = main(["init", "--vision", clip, "--llm", llm, "--out", str(out), "--slot-dim", "24", "--proj-dim", "40",
+               "--max-frames", "64", "--device", "cpu", "--dtype", "float32"])
+    assert rc == 0
+    return str(out)
+
+
+@pytest.fixture(scope="module")
+def model(model_dir):
+    return SlotVLM.from_pretrained(model_dir, device="cpu").eval()
+
+
+@pytest.fixture(scope="module")
+def clip_path(tmp_path_factory):
+    return make_clip(tmp_path_factory.mktemp("clips") / "clip.mp4", seconds=7, fps=2, size=64)
+
+
+def feats(*lengths, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return [torch.randn(t, G, G, DV, generator=g) for t in lengths]
+
+
+def connector(**kw):
+    args = dict(grid_size=G, slot_dim=24, slot_hidden_dim=24, proj_dim=40, max_frames=64, qformer_heads=4)
+    args.update(kw)
+    return SlowFastSlots(DV, H_LLM, **args).eval()
+
+
+# ---------------------------------------------------------------------- init / load / save
+def test_init_then_from_pretrained(model_dir, model, bases):
+    cfg = SlotVLMConfig.load(model_dir)
+    assert cfg.vision_model == os.path.abspath(bases[0]) and cfg.llm_model == os.path.abspath(bases[1])
+    assert (cfg.vision_hidden, cfg.llm_hidden, cfg.grid_size, cfg.num_tokens) == (DV, H_LLM, G, 192)
+    from safetensors.torch import load_file
+
+    saved = load_file(os.path.join(model_dir, "connector.safetensors"))
+    state = model.connector.state_dict()
+    assert set(saved) == set(state)
+    assert all(torch.equal(saved[k], state[k]) for k in saved)
+    # only the connector is trainable
+    assert not any(p.requires_grad for p in model.vision.parameters())
+    assert not any(p.requires_grad for p in model.llm.parameters())
+    assert all(p.requires_grad for p in model.connector.parameters())
+
+
+@pytest.mark.parametrize("t", [7, 20, 45])
+def test_encode_video_shape_and_determinism(model, t):
+    pixels = torch.randn(1, t, 3, 224, 224, generator=torch.Generator().manual_seed(t))
+    a = model.encode_video(pixels)
+    b = model.encode_video(pixels)
+    assert a.shape == (1, 192, H_LLM)
+    assert torch.isfinite(a).all()
+    assert torch.equal(a, b)
+
+
+def test_vision_features_penultimate_layer(model):
+    pixels = torch.randn(3, 3, 224, 224)
+    out = model.vision_features(pixels)
+    ref = model.vision(pixel_values=pixels, output_hidden_states=True).hidden_states[-2][:, 1:]
+    assert out.shape == (3, G, G, DV)
+    torch.testing.assert_close(out.reshape(3, G * G, DV), ref, rtol=0, atol=0)
+
+
+def test_train_mode_samples_eval_mode_fixed():
+    c = connector()
+    f = feats(9)
+    c.train()
+    assert not torch.equal(c(f), c(f))  # fresh Gaussian noise per call
+    c.eval()
+    assert torch.equal(c(f), c(f))
+
+
+def test_save_load_roundtrip_keeps_outputs(model_dir, tmp_path):
+    m = SlotVLM.from_pretrained(model_dir, device="cpu").eval()
+    with torch.no_grad():
+        for p in m.connector.parameters():  # make the weights differ from any fresh init
+            p.add_(0.01 * torch.randn_like(p))
+    f = feats(5, 12)
+    before = m.encode_features(f)
+    m.save_pretrained(tmp_path / "saved")
+    back = SlotVLM.from_pretrained(str(tmp_path / "saved"), device="cpu").eval()
+    assert torch.equal(back.encode_features(f), before)
+    fresh = SlotVLM.from_config(m.config, device="cpu").eval()
+    assert not torch.equal(fresh.encode_features(f), before)
+
+
+# ---------------------------------------------------------------------- connector semantics
+def test_batch_of_different_lengths_equals_each_alone(model):
+    f = feats(3, 11, 20, seed=1)
+    batch = model.encode_features(f)
+    for i, fi in enumerate(f):
+        torch.testing.assert_close(batch[i : i + 1], model.encode_features([fi]), rtol=1e-5, atol=1e-5)
+
+
+def test_cached_form_equals_full_features(model):
+    f = feats(6, 13, seed=2)
+    slow, fast = slowfast_pool_features(f, 8, 4)
+    # independent reference of the pooling
+    for fi, s, fa in zip(f, slow, fast):
+        idx = np.round(np.linspace(0, fi.shape[0] - 1, 8)).astype(int)
+        torch.testing.assert_close(s, fi[idx])
+        ref = fi.reshape(fi.shape[0], 4, 4, 4, 4, DV).mean(dim=(2, 4))
+        torch.testing.assert_close(fa, ref)
+    torch.testing.assert_close(model.encode_features(slow=slow, fast=fast), model.encode_features(f))
+
+
+def _start(grouper):
+    a = grouper.attn
+    return a.slots_mu[0] + a.slots_logsigma[0].exp() * grouper.eval_noise
+
+
+def test_slowfast_matches_per_frame_and_per_position_reference():
+    """Object branch = slot attention on each sampled frame alone; event branch = slot attention over
+    time for each pooled position alone (with its position embeddings); both projected."""
+    torch.manual_seed(3)
+    c = connector()
+    f = feats(11, seed=3)[0]
+    out = c([f])
+    idx = torch.tensor(np.round(np.linspace(0, 10, 8)).astype(int))
+    with torch.no_grad():
+        obj = []
+        for j, t in enumerate(idx):
+            x = c.slow_in(f[t].reshape(1, G * G, DV))
+            s = c.slow_slots.attn(x, slots=_start(c.slow_slots)[None]) + c.slow_pos[j]
+            obj.append(s[0])
+        obj = c.proj(c.slow_proj(torch.cat(obj)))
+        pooled = F.avg_pool2d(f.permute(0, 3, 1, 2), 4).permute(0, 2, 3, 1).reshape(11, 16, DV)
+        ev = []
+        for p in range(16):
+            x = c.fast_in(pooled[:, p]) + c.fast_pos[:11]
+            ev.append(c.fast_slots.attn(x[None], slots=_start(c.fast_slots)[None])[0])
+        ev = c.proj(c.fast_proj(torch.cat(ev)))
+    torch.testing.assert_close(out[0], torch.cat([obj, ev]), rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("t", [1, 3])
+def test_short_videos(t):
+    c = connector()
+    out = c(feats(t))
+    assert out.shape == (1, 192, H_LLM) and torch.isfinite(out).all()
+
+
+def test_longer_than_max_frames_interpolates_positions():
+    c = connector(max_frames=8)
+    f = feats(13)[0]
+    out = c([f])
+    assert out.shape == (1, 192, H_LLM) and torch.isfinite(out).all()
+    pos = c._fast_positions(13)
+    torch.testing.assert_close(pos[0], c.fast_pos[0])
+    torch.testing.assert_close(pos[-1], c.fast_pos[-1])
+    torch.testing.assert_close(pos[6], (c.fast_pos[3] + c.fast_pos[4]) / 2)  # 6 · 7/12 = 3.5
+
+
+@pytest.mark.parametrize(
+    "kw,tokens",
+    [
+        pytest.param(dict(), 192, id="slowfast"),
+        pytest.param(dict(use_fast=False), 64, id="object-only"),
+        pytest.param(dict(use_slow=False), 128, id="event-only"),
+        pytest.param(dict(grouper="qformer"), 192, id="qformer-two-branch"),
+        pytest.param(dict(grouper="qformer", use_fast=False), 64, id="qformer-object"),
+        pytest.param(dict(grouper="qformer", use_slow=False), 128, id="qformer-event"),
+    ],
+)
+def test_token_counts(kw, tokens):
+    c = connector(**kw)
+    f = feats(5, 9)
+    out = c(f)
+    assert out.shape == (2, tokens, H_LLM) and c.num_tokens == tokens
+    torch.testing.assert_close(out[1:], c(f[1:]), rtol=1e-5, atol=1e-5)  # masking: batch == alone
+
+
+def test_pooling_baseline_356_tokens_against_reference():
+    c = PoolingConnector(DV, H_LLM, grid_size=G, num_frames=100)
+    f = feats(100, 37)
+    out = c(f)
+    assert out.shape == (2, 356, H_LLM)
+    x = f[0].reshape(100, G * G, DV)
+    ref = c.proj(torch.cat([x.mean(1), x.mean(0)]))  # 100 frames: temporal tokens are the frame means
+    torch.testing.assert_close(out[0], ref, rtol=1e-5, atol=1e-5)
+    cfg = SlotVLMConfig(connector="pooling", grid_size=G)
+    assert cfg.num_tokens == 356
+
+
+def test_bad_inputs_raise_valueerror(model):
+    with pytest.raises(ValueError, match="features\\[0\\]"):
+        model.encode_features([torch.randn(4, 8, 8, DV)])
+    with pytest.raises(ValueError, match="slow"):
+        model.encode_features(slow=torch.randn(1, 5, G, G, DV), fast=[torch.randn(3, 4, 4, DV)])
+    with pytest.raises(ValueError, match="directory"):
+        SlotVLM.from_pretrained("/nonexistent/slotvlm")
+    with pytest.raises(ValueError, match="connector"):
+        SlotVLMConfig(connector="perceiver")
+    with pytest.raises(ValueError, match="pixel_values"):
+        model.vision_features(torch.randn(2, 3, 64, 64))
+
+
+# ---------------------------------------------------------------------- LLM side
+def test_build_inputs_labels_only_on_answers(model):
+    emb = model.encode_features(feats(4, 6))
+    answers = ["a man is playing a guitar", "two dogs"]
+    inp = model.build_inputs(emb, ["What is happening?", "How many dogs?"], answers)
+    tok = model.tokenizer
+    for i, a in enumerate(answers):
+        lab = inp["labels"][i]
+        want = tok(a, add_special_tokens=False).input_ids + [tok.eos_token_id]
+        assert lab[lab != -100].tolist() == want
+        n = int(inp["attention_mask"][i].sum())
+        # right padding for training; the answer ends the real tokens
+        assert inp["attention_mask"][i, :n].all() and not inp["attention_mask"][i, n:].any()
+        assert (lab[:n] != -100).nonzero()[-1].item() == n - 1
+        # the video embeddings sit where <video> was, right after the tokens before it
+        ids_before = [tok.bos_token_id] + tok(model.conversation.prompt("q").split("<video>")[0],
+                                              add_special_tokens=False).input_ids
+        k = len(ids_before)
+        torch.testing.assert_close(inp["inputs_embeds"][i, k : k + 192], emb[i])
+    gen = model.build_inputs(emb, ["q1", "a longer question two"])
+    assert "labels" not in gen
+    assert gen["attention_mask"][:, -1].all()  # left padding for generation
+
+
+def test_forward_loss_trains_connector_only(model):
+    m = model
+    m.train()
+    try:
+        out = m(features=feats(4, 7), questions=["What is it?", "Why?"], answers=["a red square", "because"])
+        assert out.loss.ndim == 0 and torch.isfinite(out.loss)
+        out.loss.backward()
+        assert all(p.grad is None for p in m.llm.parameters())
+        grads = [p.grad for p in m.connector.parameters() if p.grad is not None]
+        assert grads and any(g.abs().sum() > 0 for g in grads)
+    finally:
+        m.connector.zero_grad(set_to_none=True)
+        m.eval()
+    assert not m.vision.training and not m.llm.training
+
+
+# ---------------------------------------------------------------------- CLI
+def test_chat_prints_answer(model, model_dir, clip_path, capsys):
+    q = "What is happening in the video?"
+    assert main(["chat", "--model", model_dir, "--video", clip_path, "--question", q, "--max-new-tokens", "6",
+                 "--device", "cpu"]) == 0
+    printed = capsys.readouterr().out.strip()
+    expected = model.answer(clip_path, q, max_new_tokens=6)
+    assert printed == expected and printed
+
+
+def test_chat_interactive(model_dir, clip_path, capsys, monkeypatch):
+    monkeypatch.setattr("sys.stdin", io.StringIO("What color is the square?\nHow many objects?\n"))
+    assert main(["chat", "--model", model_dir, "--video", clip_path, "--max-new-tokens", "4"]) == 0
+    lines = [ln for ln in capsys.readouterr().out.splitlines() if ln.startswith("ASSISTANT:")]
+    assert len(lines) == 2
+
+
+def test_visualize_writes_png(model, model_dir, clip_path, tmp_path):
+    from PIL import Image
+
+    from slotvlm.model.visualize import image_size
+
+    out = tmp_path / "slots.png"
+    assert main(["visualize", "--model", model_dir, "--video", clip_path, "--out", str(out), "--cell", "32"]) == 0
+    img = np.asarray(Image.open(out).convert("RGB"))
+    w, h = image_size(8, 8, 16, 8, cell=32)
+    assert img.shape == (h, w, 3)
+    assert img.std() > 5
+    # per-slot mask rows of the object section differ from each other (the masks are not uniform)
+    rows = [img[(2 + k) * 32 : (3 + k) * 32, :32].astype(float) for k in range(8)]
+    assert max(np.abs(rows[0] - r).mean() for r in rows[1:]) > 1
