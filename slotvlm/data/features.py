@@ -43,10 +43,17 @@ FORMAT_VERSION = "1"
 
 # ---------------------------------------------------------------------------------------------- video
 def _video_runtime():
-    """``(load_video, preprocess, slowfast_pool)`` from the video runtime (:mod:`slotvlm.video`)."""
-    from .. import video  # noqa: PLC0415
+    """``(load_video, preprocess, slowfast_pool)`` from the video runtime :mod:`slotvlm.video`;
+    without it, the model package's equivalents (PyAV decoding, torch pre-processing and pooling)."""
+    try:
+        from .. import video  # noqa: PLC0415
 
-    return video.load_video, video.preprocess, video.slowfast_pool
+        return video.load_video, video.preprocess, video.slowfast_pool
+    except ImportError:
+        from ..model._video import load_video, preprocess  # noqa: PLC0415
+        from ..model.slowfast import _slowfast_pool  # noqa: PLC0415
+
+        return load_video, preprocess, lambda f, num_slow, stride: _slowfast_pool(f, num_slow, stride)
 
 
 def list_videos(videos: str | Sequence[str]) -> list[str]:
@@ -306,6 +313,6 @@ def extract(
 
 
 def _slow_indices(num_frames: int, num_slow: int) -> torch.Tensor:
-    from .. import video  # noqa: PLC0415
+    from .._ext import ops  # noqa: PLC0415  (the sampling op slowfast_pool uses for the slow frames)
 
-    return video.uniform_indices(num_frames, num_slow, allow_repeat=True)
+    return ops.uniform_indices(int(num_frames), int(num_slow), True)
