@@ -33,6 +33,8 @@ import urllib.request
 from pathlib import Path
 from typing import Iterable, Protocol
 
+from ._jsonl import JsonlAppender, read_jsonl
+
 DEFAULT_BASE_URL = "https://api.openai.com/v1"
 # A dated snapshot: undated aliases move under you and the numbers drift with them.
 DEFAULT_JUDGE_MODEL = "gpt-3.5-turbo-0125"
@@ -406,22 +408,11 @@ def read_predictions(path: str | os.PathLike) -> list[dict]:
 def load_verdicts(path: str | os.PathLike) -> dict[str, dict]:
     """The verdict cache: question_id → latest record. A torn last line (a run killed while
     writing) is ignored."""
-    path = Path(path)
     out: dict[str, dict] = {}
-    if not path.exists():
-        return out
-    with open(path, encoding="utf-8") as f:
-        lines = f.readlines()
-    for n, line in enumerate(lines, 1):
-        if not line.strip():
-            continue
-        try:
-            rec = json.loads(line)
-            out[str(rec["question_id"])] = rec
-        except (json.JSONDecodeError, KeyError, TypeError):
-            if n == len(lines) and not line.endswith("\n"):
-                continue  # torn write at the end
-            raise ValueError(f"verdict cache {str(path)!r} line {n} is corrupt: {line[:200]!r}")
+    for n, rec in enumerate(read_jsonl(path, "verdict cache"), 1):
+        if not isinstance(rec, dict) or "question_id" not in rec:
+            raise ValueError(f"verdict cache {str(path)!r} record {n} has no question_id: {rec!r:.200}")
+        out[str(rec["question_id"])] = rec
     return out
 
 
@@ -517,12 +508,6 @@ def run_judge(
         return rec.get("reason") == "request" or retry_failed
 
     pending = [r for r in preds if needs_judging(r)]
-    if cache_path.exists() and cache_path.stat().st_size:
-        with open(cache_path, "rb") as f:  # make sure appends start on a fresh line
-            f.seek(-1, os.SEEK_END)
-            torn = f.read(1) != b"\n"
-    else:
-        torn = False
 
     def task(row: dict) -> dict:
         rec = judge_one(judge, row["question"], row["answer"], row["pred"], max_retries=max_retries)
@@ -536,14 +521,11 @@ def run_judge(
     bar = tqdm(total=len(pending), desc="judge", unit="q", disable=not progress)
     pool = cf.ThreadPoolExecutor(max_workers=concurrency, thread_name_prefix="judge")
     try:
-        with open(cache_path, "a", encoding="utf-8") as f:
-            if torn:
-                f.write("\n")
+        with JsonlAppender(cache_path) as f:
             futures = [pool.submit(task, r) for r in pending]
             for fut in cf.as_completed(futures):
                 rec = fut.result()  # JudgeConfigError / bugs propagate and stop the run
-                f.write(json.dumps(rec, ensure_ascii=False) + "\n")
-                f.flush()
+                f.write(rec)
                 cache[rec["question_id"]] = rec
                 bar.update(1)
                 bar.set_postfix(failed=sum(1 for r in cache.values() if r["status"] != "ok"))
