@@ -329,3 +329,56 @@ def test_bad_inputs(tmp_path):
         OpenAIChatJudge("127.0.0.1:8000", MODEL)
     with pytest.raises(ValueError, match="concurrency"):
         run_judge([], tmp_path, OpenAIChatJudge("http://x/v1", MODEL), concurrency=0)
+
+
+# ------------------------------------------------------------------------------- local backend
+
+
+def _greedy_reference(model, ids, n, eos):
+    """Token-by-token argmax decoding with full recomputation: independent of generate()."""
+    import torch
+
+    seq = ids
+    with torch.no_grad():
+        for _ in range(n):
+            nxt = model(input_ids=seq).logits[:, -1].argmax(-1, keepdim=True)
+            seq = torch.cat([seq, nxt], 1)
+            if nxt.item() == eos:
+                break
+    return seq[0, ids.shape[1]:]
+
+
+@pytest.mark.parametrize("templated", [False, True], ids=["plain", "chat-template"])
+def test_local_judge_backend(tmp_path, templated):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from slotvlm.eval.judge import LocalJudge, build_messages
+    from slotvlm.testing import make_tiny_llm
+
+    path = make_tiny_llm(tmp_path / "llm")
+    if templated:
+        tok = AutoTokenizer.from_pretrained(path)
+        tok.chat_template = ("{% for m in messages %}<s>{{ m['role'] }}\n{{ m['content'] }}\n"
+                             "{% endfor %}{% if add_generation_prompt %}<s>assistant\n{% endif %}")
+        tok.save_pretrained(path)
+    judge = LocalJudge(path, device="cpu", max_new_tokens=5)
+    rows = make_preds(2)
+    res = run_judge(rows, tmp_path / "out", judge, max_retries=1, concurrency=2, progress=False)
+    # a random tiny LM cannot produce a verdict: every question is re-asked once, then failed
+    assert (res["failed"], res["failed_malformed"], res["yes"] + res["no"]) == (2, 2, 0)
+    assert res["judge_model"] == path and res["accuracy"] is None
+    recs = load_verdicts(tmp_path / "out" / "verdicts.jsonl")
+    assert all(r["attempts"] == 2 for r in recs.values())
+    # the reply is the greedy continuation of the documented prompt
+    tok = AutoTokenizer.from_pretrained(path)
+    model = AutoModelForCausalLM.from_pretrained(path).eval()
+    msgs = build_messages(rows[0]["question"], rows[0]["answer"], rows[0]["pred"])
+    if templated:
+        text = "".join(f"<s>{m['role']}\n{m['content']}\n" for m in msgs) + "<s>assistant\n"
+        ids = tok(text, add_special_tokens=False, return_tensors="pt").input_ids
+    else:
+        text = "\n\n".join(f"{m['role']}: {m['content']}" for m in msgs) + "\n\nassistant:"
+        ids = tok(text, return_tensors="pt").input_ids
+    want = tok.decode(_greedy_reference(model, ids, 5, tok.eos_token_id), skip_special_tokens=True)
+    reply, served = judge.complete(msgs)
+    assert reply == want and served is None
