@@ -164,6 +164,23 @@ def test_feature_cache_path(env, reference, tmp_path):
     assert read_jsonl(out) == read_jsonl(reference[0])  # fp32 cache: the same answers
 
 
+def test_corrupt_video_is_a_recorded_failure(env, tmp_path):
+    import shutil
+
+    videos = tmp_path / "videos"
+    shutil.copytree(env["videos"], videos)
+    names = sorted({it.video for it in env["items"] if it.video != MISSING})
+    (videos / f"v_{names[0]}.mp4").write_bytes(b"\x00\x00\x00\x18ftypmp42 this is not a video")
+    items = [it for it in env["items"] if it.video in names][: PER_VIDEO + 1]  # 4 corrupt + 1 good
+    out = str(tmp_path / "preds.jsonl")
+    stats = predict(env["model"], items, out, videos=str(videos), batch_size=8, max_new_tokens=2,
+                    progress=False)
+    assert stats["answered"] == 1 and stats["failed"] == PER_VIDEO
+    fails = read_jsonl(failures_path(out))
+    assert {f["video"] for f in fails} == {names[0]} and all(f["error"] for f in fails)
+    assert [r["video"] for r in read_jsonl(out)] == [names[1]]
+
+
 def test_bad_arguments(env, tmp_path):
     with pytest.raises(ValueError, match="batch_size"):
         predict(env["model"], env["items"], str(tmp_path / "p"), videos=env["videos"], batch_size=0)

@@ -167,7 +167,7 @@ def predict(
                     continue
                 try:
                     loaded[v] = inputs.load(v)
-                except (LookupError, ValueError, OSError, RuntimeError) as e:
+                except Exception as e:  # noqa: BLE001  (missing, corrupt, unreadable: record, go on)
                     bad_videos[v] = f"{type(e).__name__}: {e}"
             ok = [it for it in batch if it.video not in bad_videos]
             for v in {it.video for it in batch if it.video in bad_videos}:
