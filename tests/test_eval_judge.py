@@ -198,7 +198,7 @@ def test_timeouts_and_5xx_are_retried_with_bounds(tmp_path):
 
     def script(q, n):
         if q == slow and n == 1:
-            return Action(sleep=1.0, reply="{'pred': 'yes', 'score': 5}")  # beyond the timeout
+            return Action(sleep=2.5, reply="{'pred': 'yes', 'score': 5}")  # beyond the timeout
         if q == flaky and n <= 2:
             return Action(status=500 if n == 1 else 502)
         if q == broken:
@@ -207,7 +207,7 @@ def test_timeouts_and_5xx_are_retried_with_bounds(tmp_path):
 
     t0 = time.monotonic()
     with JudgeServer(script) as server:
-        res = run_judge(rows, tmp_path, judge_for(server, timeout=0.3, max_retries=2),
+        res = run_judge(rows, tmp_path, judge_for(server, timeout=0.8, max_retries=2),
                         concurrency=4, progress=False)
     assert time.monotonic() - t0 < 10
     asked = server.asked()
