@@ -519,6 +519,7 @@ def run_judge(
         }
 
     bar = tqdm(total=len(pending), desc="judge", unit="q", disable=not progress)
+    failed = 0
     pool = cf.ThreadPoolExecutor(max_workers=concurrency, thread_name_prefix="judge")
     try:
         with JsonlAppender(cache_path) as f:
@@ -527,8 +528,9 @@ def run_judge(
                 rec = fut.result()  # JudgeConfigError / bugs propagate and stop the run
                 f.write(rec)
                 cache[rec["question_id"]] = rec
+                failed += rec["status"] != "ok"
                 bar.update(1)
-                bar.set_postfix(failed=sum(1 for r in cache.values() if r["status"] != "ok"))
+                bar.set_postfix(failed=failed)
     except BaseException:
         pool.shutdown(wait=False, cancel_futures=True)
         raise
