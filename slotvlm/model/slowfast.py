@@ -264,7 +264,7 @@ class SlowFastSlots(nn.Module):
                 if grouper != "slot_attention":
                     raise ValueError("event_encoder='slot_ssm' replaces slot attention; it cannot be combined "
                                      f"with grouper={grouper!r}")
-                self.fast_slots = _make_ssm_events(num_slots_fast, slot_dim)
+                self.fast_slots = _make_ssm_events(num_slots_fast, slot_dim, self.fast_grid**2, backend)
             else:
                 self.fast_slots = make_grouper(num_slots_fast, eval_noise_seed + 1)
             self.fast_pos = nn.Parameter(torch.randn(max_frames, slot_dim) * 0.02)
@@ -415,28 +415,48 @@ class SlowFastSlots(nn.Module):
         return (out, info) if return_attn else out
 
 
-def _make_ssm_events(num_slots: int, dim: int) -> nn.Module:
+def _make_ssm_events(num_slots: int, dim: int, positions: int, backend: str | None = None) -> nn.Module:
     try:
         from ..nn.slot_ssm import SlotSSM  # noqa: PLC0415
     except ImportError as exc:
         raise ValueError(f"event_encoder='slot_ssm' needs slotvlm.nn.slot_ssm, which is not available: {exc}") from exc
-    return _SSMEvents(SlotSSM(dim, num_slots, 1), num_slots)
+    return _SSMEvents(SlotSSM(dim, num_slots, 1, backend=backend), positions)
 
 
 class _SSMEvents(nn.Module):
-    """Event slots from a SlotSSM run over time: each position's sequence ``[M, T, D]`` is fed as
-    ``[M, T, 1, D]``; the slots at each sequence's last real step are its event slots (the SSM is
-    causal, so trailing padding does not change them)."""
+    """Event slots from a SlotSSM run over time (``event_encoder="slot_ssm"``).
 
-    def __init__(self, ssm: nn.Module, num_slots: int):
+    Each frame's ``P`` pooled positions form one token set (N = P tokens per frame), so the slot
+    encoder's softmax over slots makes the ``K`` slots compete for the frame's regions; the
+    selective SSM then carries each slot through time. The event tokens are the slots read at the
+    ends of ``P`` equal segments of each video's real frames (frame ``floor((j+1)·T_i/P) - 1`` for
+    segment j; the last one sees the whole video): ``P·K`` tokens, the same count and layout as
+    per-position slot attention. The model is causal in time, so trailing padding never changes
+    them and a video gives the same tokens alone or in a batch.
+
+    ``forward(x [B·P, T, D] (position-major, as the event branch lays it out), lengths [B·P])`` →
+    ``(slots [B·P, K, D], None)``.
+    """
+
+    def __init__(self, ssm: nn.Module, positions: int):
         super().__init__()
-        self.ssm, self.num_slots = ssm, num_slots
+        self.ssm, self.positions = ssm, positions
+
+    @staticmethod
+    def segment_ends(length: int, points: int) -> torch.Tensor:
+        """Frame indices ``floor((j+1)·length/points) - 1`` (clamped at 0) for ``j < points``."""
+        return ((torch.arange(1, points + 1) * length) // points - 1).clamp(min=0)
 
     def forward(self, x: torch.Tensor, lengths: torch.Tensor, return_attn: bool = False):
-        states = self.ssm(x.unsqueeze(2))  # [M, T, K, D]
-        last = (lengths.to(x.device) - 1).clamp(min=0)
-        slots = states[torch.arange(x.shape[0], device=x.device), last]
-        return slots, None
+        m, t, d = x.shape
+        p = self.positions
+        b = m // p
+        frames = x.reshape(b, p, t, d).transpose(1, 2)  # [B, T, P, D]: P tokens per frame
+        states = self.ssm(frames)  # [B, T, K, D]
+        lens = lengths.reshape(b, p)[:, 0].tolist()
+        idx = torch.stack([self.segment_ends(int(n), p) for n in lens]).to(x.device)  # [B, P]
+        slots = states[torch.arange(b, device=x.device)[:, None], idx]  # [B, P, K, D]
+        return slots.reshape(b * p, -1, d), None
 
 
 # ---------------------------------------------------------------------- Video-ChatGPT baseline

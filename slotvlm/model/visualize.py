@@ -72,7 +72,7 @@ def render_slots(frames: np.ndarray, slow_attn: np.ndarray | None, slow_indices:
     """
     from PIL import Image  # noqa: PLC0415
 
-    frames = np.stack([_resize(center_crop(f), cell, cell) for f in frames])
+    frames = np.stack([_resize(np.ascontiguousarray(center_crop(f)), cell, cell) for f in np.asarray(frames)])
     width = t_d * cell
     sections = []
     if slow_attn is not None:
@@ -130,6 +130,7 @@ def visualize_video(model, video: str, out: str, cell: int = 96, max_frames: int
         raise ValueError(f"visualize needs a slot connector, this model's connector is {model.config.connector!r}")
     frames, _ = load_video(video, fps=model.config.fps, max_frames=max_frames or model.config.max_frames)
     pixels = preprocess(frames, size=model.config.image_size)
+    frames = np.asarray(frames)  # the video runtime returns a uint8 tensor
     with torch.no_grad():
         feats = model.vision_features(pixels)
         _, info = model.encode_features([feats], return_attn=True)
