@@ -134,8 +134,8 @@ class VisionEncoder:
 
 # ---------------------------------------------------------------------------------------------- cache files
 def save_features(path: str, slow: torch.Tensor, fast: torch.Tensor, timestamps, slow_indices,
-                  metadata: dict | None = None) -> None:
-    """Write one cache file atomically (temporary name, then ``os.replace``)."""
+                  metadata: dict | None = None, tmp_tag: str = "") -> None:
+    """Write one cache file atomically: to ``<path>.<tmp_tag>.tmp``, then ``os.replace``."""
     from safetensors.torch import save_file  # noqa: PLC0415
 
     tensors = {
@@ -146,7 +146,7 @@ def save_features(path: str, slow: torch.Tensor, fast: torch.Tensor, timestamps,
     }
     meta = {"format": "pt", "slotvlm_cache": FORMAT_VERSION}
     meta.update({k: str(v) for k, v in (metadata or {}).items()})
-    tmp = f"{path}.tmp{os.getpid()}"
+    tmp = f"{path}.{tmp_tag or os.getpid()}.tmp"
     try:
         save_file(tensors, tmp, metadata=meta)
         os.replace(tmp, path)
@@ -270,6 +270,11 @@ def extract(
     if len(set(keys)) != len(keys):
         dup = sorted({k for k in keys if keys.count(k) > 1})
         raise ValueError(f"videos has several files with the same name (cache key): {dup[:5]}")
+    # Leftovers of this rank's killed runs (a finished file is never a .tmp).
+    tag = f"rank{rank}"
+    for name in os.listdir(out):
+        if name.endswith(f".{tag}.tmp"):
+            os.remove(os.path.join(out, name))
     mine = [p for i, p in enumerate(paths) if i % world_size == rank]
     todo = [p for p in mine if not os.path.exists(cache_path(out, video_key(p)))]
     stats = {"done": 0, "skipped": len(mine) - len(todo), "failed": 0}
@@ -296,7 +301,8 @@ def extract(
                 slow, fast = slowfast_pool(feats.unsqueeze(0), num_slow=num_slow, stride=stride)
                 idx = _slow_indices(feats.shape[0], num_slow)
                 save_features(cache_path(out, key), slow[0].to(store_dtype), fast[0].to(store_dtype),
-                              times, idx, {**meta, "num_frames": feats.shape[0], "video": os.path.basename(path)})
+                              times, idx, {**meta, "num_frames": feats.shape[0], "video": os.path.basename(path)},
+                              tmp_tag=tag)
             except Exception as exc:  # noqa: BLE001  (a batch job records failures and carries on)
                 error = f"{type(exc).__name__}: {exc}"
         if error is None:

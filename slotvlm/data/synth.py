@@ -185,7 +185,7 @@ def write_mp4(path: str, frames: np.ndarray, fps: float) -> str:
     return path
 
 
-def questions_for(scene: Scene, rng: np.random.Generator) -> list[tuple[str, str, str]]:
+def questions_for(scene: Scene) -> list[tuple[str, str, str]]:
     """All ``(kind, question, answer)`` pairs that the scene answers unambiguously."""
     objs = sorted(scene.objects, key=lambda o: o.appear)
     qa = []
@@ -235,7 +235,7 @@ def generate(out: str, videos: int, seed: int = 0, seconds: float = 8.0, size: i
     scenes = [make_scene(rng, f"v_synth{i:05d}", seconds, size) for i in range(videos)]
     instructions, test_q, test_a = [], [], []
     for i, scene in enumerate(scenes):
-        for j, (kind, q, a) in enumerate(questions_for(scene, rng)):
+        for j, (kind, q, a) in enumerate(questions_for(scene)):
             if i < n_train:
                 if rng.uniform() < noisy_fraction:
                     a = f"{a} {NOISY_MARKER}"

@@ -332,7 +332,7 @@ def train(cfg: TrainConfig) -> dict:
     ddp = None
     if world > 1:
         ddp = torch.nn.parallel.DistributedDataParallel(
-            module, device_ids=[device.index] if cuda else None, broadcast_buffers=False)
+            module, device_ids=[device.index] if cuda else None)
     meta = {"stage": cfg.stage, "branches": list(cfg.branches), "data_hash": _data_hash(keys),
             "batch_size": cfg.batch_size, "grad_accum": cfg.grad_accum, "seed": cfg.seed, "total_steps": total}
     step = 0
