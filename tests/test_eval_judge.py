@@ -348,14 +348,22 @@ def _greedy_reference(model, ids, n, eos):
     return seq[0, ids.shape[1]:]
 
 
+@pytest.fixture(scope="module")
+def tiny_llm(tmp_path_factory):
+    from slotvlm.testing import make_tiny_llm
+
+    return make_tiny_llm(tmp_path_factory.mktemp("judge-llm") / "llm")
+
+
 @pytest.mark.parametrize("templated", [False, True], ids=["plain", "chat-template"])
-def test_local_judge_backend(tmp_path, templated):
+def test_local_judge_backend(tmp_path, tiny_llm, templated):
+    import shutil
+
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from slotvlm.eval.judge import LocalJudge, build_messages
-    from slotvlm.testing import make_tiny_llm
 
-    path = make_tiny_llm(tmp_path / "llm")
+    path = str(shutil.copytree(tiny_llm, tmp_path / "llm"))
     if templated:
         tok = AutoTokenizer.from_pretrained(path)
         tok.chat_template = ("{% for m in messages %}<s>{{ m['role'] }}\n{{ m['content'] }}\n"
