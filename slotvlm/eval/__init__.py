@@ -1,0 +1,1 @@
+"""Zero-shot video QA evaluation: data loaders, batched prediction, the LLM judge."""
