@@ -20,6 +20,7 @@ pytestmark = pytest.mark.skipif(
 fused = pytest.importorskip("slotvlm.ops.fused")
 import kernels.gru as kgru  # noqa: E402
 import kernels.slot_attention as ksa  # noqa: E402
+from triton_spy import LaunchCounter
 
 ATOL, RTOL = 1e-4, 1e-3
 
@@ -27,22 +28,6 @@ ATOL, RTOL = 1e-4, 1e-3
 def close(actual, expected, name):
     assert actual is not None and expected is not None, name
     torch.testing.assert_close(actual.double(), expected.double(), atol=ATOL, rtol=RTOL, msg=lambda m: f"{name}: {m}")
-
-
-class LaunchCounter:
-    """Counts real launches of a @triton.jit kernel (possibly wrapped by @triton.heuristics)."""
-
-    def __init__(self, monkeypatch, kernel):
-        self.n = 0
-        # the JITFunction / InterpretedFunction itself, or the one under the heuristics wrapper
-        jit = kernel.fn if hasattr(getattr(kernel, "fn", None), "run") else kernel
-        run = jit.run
-
-        def counting_run(*args, **kwargs):
-            self.n += 1
-            return run(*args, **kwargs)
-
-        monkeypatch.setattr(jit, "run", counting_run)
 
 
 def _step_inputs(P, K, H, Dh, N, masked):
