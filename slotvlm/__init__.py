@@ -20,6 +20,8 @@ _LAZY = {
     "SlotVLM": "slotvlm.model.modeling",
     "SlotVLMConfig": "slotvlm.model.config",
     "SlowFastSlots": "slotvlm.model.slowfast",
+    "FeatureCache": "slotvlm.data.features",
+    "TrainConfig": "slotvlm.train.trainer",
 }
 
 __all__ = sorted(_LAZY) + ["__version__"]

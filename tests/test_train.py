@@ -258,7 +258,7 @@ def test_pipeline_synth_extract_init_three_stages_under_torchrun(tmp_path, tiny,
     _torchrun("train", "--stage", 2, "--branch", "slow", "--model", s1, "--features", cache, "--data", instr,
               "--out", s2, "--max-steps", 2, "--batch-size", 4)
     _torchrun("train", "--stage", 3, "--model", s1, s2, "--features", cache, "--data", instr, "--out", s3,
-              "--max-steps", 2, "--batch-size", 4)
+              "--max-steps", 2, "--batch-size", 4, "--fsdp")  # the frozen LLM's layers sharded over the 2 ranks
     m2 = SlotVLM.from_pretrained(str(s2), device="cpu")
     assert (m2.config.use_slow, m2.config.use_fast, m2.config.num_tokens) == (True, False, 64)
     m3 = SlotVLM.from_pretrained(str(s3), device="cpu").eval()
