@@ -14,6 +14,15 @@ TORCH_LIBRARY(slotvlm, m) {
   m.def("uniform_indices(int num_frames, int k, bool allow_repeat=False) -> Tensor");
   // The middle frame of each of k equal segments of [0, num_frames).
   m.def("segment_midpoints(int num_frames, int k, bool allow_repeat=False) -> Tensor");
+
+  // ---- video frames and features (csrc/cpu/video.cpp) ----
+  // uint8 frames [T, H, W, 3] -> [T, 3, crop_size, crop_size] of `dtype`: shortest side resized to
+  // `size` with PIL's antialiased bicubic (as transformers' CLIPImageProcessor does), centre crop,
+  // x * scale, then (x - mean) / std per channel. CPU only.
+  m.def("clip_preprocess(Tensor frames, int size, int crop_size, float[] mean, float[] std, float scale, ScalarType dtype) -> Tensor");
+  // features [B, T, H, W, D] -> (slow [B, num_slow, H, W, D]: frames uniform_indices(T, num_slow,
+  // allow_repeat=True); fast [B, T, H/stride, W/stride, D]: stride x stride average pooling).
+  m.def("slowfast_pool(Tensor features, int num_slow=8, int stride=4) -> (Tensor, Tensor)");
 }
 
 // Python module init: importing slotvlm._C loads this library, whose static initialisers register

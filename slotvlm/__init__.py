@@ -22,6 +22,10 @@ _LAZY = {
     "SlowFastSlots": "slotvlm.model.slowfast",
     "FeatureCache": "slotvlm.data.features",
     "TrainConfig": "slotvlm.train.trainer",
+    "load_video": "slotvlm.video",
+    "preprocess": "slotvlm.video",
+    "VideoError": "slotvlm.video",
+    "slowfast_pool": "slotvlm.video",
 }
 
 __all__ = sorted(_LAZY) + ["__version__"]

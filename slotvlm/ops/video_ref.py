@@ -1,0 +1,59 @@
+"""Plain-PyTorch references of the video ops in ``slotvlm._C`` (csrc/cpu/video.cpp).
+
+``slowfast_pool_ref`` is the specification of ``torch.ops.slotvlm.slowfast_pool`` and is also the
+implementation registered for CUDA tensors. The reference of ``clip_preprocess`` is transformers'
+``CLIPImageProcessor`` itself (see tests/test_video_ops.py).
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+FLOAT_DTYPES = (torch.float32, torch.float64, torch.float16, torch.bfloat16)
+
+
+def uniform_indices_ref(num_frames: int, k: int) -> torch.Tensor:
+    """``k`` indices spread uniformly over ``[0, num_frames - 1]`` (first and last included,
+    rounded half away from zero; one index picks the middle frame). Repeats when k > num_frames."""
+    if k == 1:
+        return torch.tensor([(num_frames - 1) // 2], dtype=torch.long)
+    step = (num_frames - 1) / (k - 1)
+    return torch.tensor([int(step * i + 0.5) for i in range(k)], dtype=torch.long)
+
+
+def check_slowfast_args(features, num_slow: int, stride: int) -> None:
+    """The argument checks of slowfast_pool, shared by every implementation (ValueError)."""
+    if not isinstance(features, torch.Tensor):
+        raise ValueError(f"slowfast_pool: features must be a torch.Tensor, got {type(features).__name__}")
+    if features.dim() != 5:
+        raise ValueError(f"slowfast_pool: features must have shape [B, T, H, W, D], got shape {tuple(features.shape)}")
+    if features.dtype not in FLOAT_DTYPES:
+        raise ValueError(
+            f"slowfast_pool: features must be floating point (float32, float64, bfloat16, float16), got {features.dtype}"
+        )
+    if num_slow <= 0:
+        raise ValueError(f"slowfast_pool: num_slow must be > 0, got {num_slow}")
+    if stride <= 0:
+        raise ValueError(f"slowfast_pool: stride must be > 0, got {stride}")
+    _, T, H, W, _ = features.shape
+    if T <= 0:
+        raise ValueError(f"slowfast_pool: features must have T > 0 frames, got shape {tuple(features.shape)}")
+    if H <= 0 or W <= 0 or H % stride or W % stride:
+        raise ValueError(f"slowfast_pool: H and W must be positive multiples of stride={stride}, got H={H}, W={W}")
+
+
+def slowfast_pool_ref(features: torch.Tensor, num_slow: int = 8, stride: int = 4) -> tuple[torch.Tensor, torch.Tensor]:
+    """features ``[B, T, H, W, D]`` -> (slow ``[B, num_slow, H, W, D]``, fast ``[B, T, H/s, W/s, D]``).
+
+    slow: the frames ``uniform_indices(T, num_slow, allow_repeat=True)``; fast: ``stride x stride``
+    average pooling over (H, W), accumulated in fp32 (fp64 for fp64 inputs).
+    """
+    check_slowfast_args(features, num_slow, stride)
+    B, T, H, W, D = features.shape
+    idx = uniform_indices_ref(T, num_slow).to(features.device)
+    slow = features.index_select(1, idx).contiguous()
+    acc = torch.float64 if features.dtype == torch.float64 else torch.float32
+    x = features.reshape(B * T, H, W, D).permute(0, 3, 1, 2).to(acc)
+    fast = F.avg_pool2d(x, kernel_size=stride, stride=stride)
+    fast = fast.permute(0, 2, 3, 1).reshape(B, T, H // stride, W // stride, D).to(features.dtype).contiguous()
+    return slow, fast
