@@ -17,6 +17,7 @@ __version__ = "0.1.0"
 _LAZY = {
     "SlotAttention": "slotvlm.nn.slot_attention",
     "MultiHeadSlotAttention": "slotvlm.nn.slot_attention",
+    "SlotSSM": "slotvlm.nn.slot_ssm",
     "SlotVLM": "slotvlm.model.modeling",
     "SlotVLMConfig": "slotvlm.model.config",
     "SlowFastSlots": "slotvlm.model.slowfast",

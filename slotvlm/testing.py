@@ -35,15 +35,23 @@ TINY_LLAMA = dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, nu
 TINY_CONNECTOR = dict(slot_dim=32, slot_hidden_dim=32, proj_dim=32, max_frames=64, qformer_heads=4)
 
 
-def make_tiny_clip(directory, seed: int = 0, **overrides) -> str:
+def make_tiny_clip(directory, seed: int = 0, full: bool = False, **overrides) -> str:
     """A random ``CLIPVisionModel`` (224 px, patch 14 → 16×16 grid, width 32, 2 layers) saved to
-    ``directory``; returns the path."""
-    from transformers import CLIPVisionConfig, CLIPVisionModel  # noqa: PLC0415
+    ``directory``; returns the path. ``full=True`` saves a whole ``CLIPModel`` (text tower too), the
+    layout of ``openai/clip-vit-large-patch14``."""
+    from transformers import CLIPConfig, CLIPModel, CLIPVisionConfig, CLIPVisionModel  # noqa: PLC0415
 
     directory = str(directory)
+    vision = {**TINY_CLIP, **overrides}
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        model = CLIPVisionModel(CLIPVisionConfig(**{**TINY_CLIP, **overrides}))
+        if full:
+            text = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2,
+                        vocab_size=64, bos_token_id=0, eos_token_id=1, pad_token_id=1)
+            vision.pop("projection_dim", None)
+            model = CLIPModel(CLIPConfig(text_config=text, vision_config=vision, projection_dim=32))
+        else:
+            model = CLIPVisionModel(CLIPVisionConfig(**vision))
     model.save_pretrained(directory)
     return directory
 

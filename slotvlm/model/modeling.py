@@ -107,10 +107,12 @@ class SlotVLM(nn.Module):
         cfg.llm_model = _local_or_id(cfg.llm_model)
         if cfg.tokenizer is not None:
             cfg.tokenizer = _local_or_id(cfg.tokenizer)
-        dk = _dtype_kwarg()
-        vision = CLIPVisionModel.from_pretrained(cfg.vision_model, **{dk: dtype}, attn_implementation="sdpa")
+        load = {_dtype_kwarg(): dtype}
+        if device.type == "cuda" and importlib.util.find_spec("accelerate"):
+            load["device_map"] = {"": str(device)}  # straight onto the GPU, no full copy in host memory
+        vision = CLIPVisionModel.from_pretrained(cfg.vision_model, **load, attn_implementation="sdpa")
         llm = AutoModelForCausalLM.from_pretrained(
-            cfg.llm_model, **{dk: dtype}, attn_implementation=_llm_attn_implementation(device, dtype)
+            cfg.llm_model, **load, attn_implementation=_llm_attn_implementation(device, dtype)
         )
         tokenizer = AutoTokenizer.from_pretrained(cfg.tokenizer or cfg.llm_model)
         if tokenizer.pad_token_id is None:
@@ -146,9 +148,10 @@ class SlotVLM(nn.Module):
         cfg = SlotVLMConfig.load(directory)
         model = cls.from_config(cfg, device=device, dtype=dtype, backend=backend)
         weights = os.path.join(directory, WEIGHTS_NAME)
-        if os.path.isfile(weights):
-            state = load_file(weights, device=str(next(model.connector.parameters()).device))
-            model.connector.load_state_dict(state, strict=True)
+        if not os.path.isfile(weights):
+            raise ValueError(f"directory={directory!r} has a config but no {WEIGHTS_NAME}")
+        state = load_file(weights, device=str(next(model.connector.parameters()).device))
+        model.connector.load_state_dict(state, strict=True)
         return model
 
     def save_pretrained(self, directory: str) -> str:
@@ -201,7 +204,13 @@ class SlotVLM(nn.Module):
             videos = list(pixel_values)
         if not videos:
             raise ValueError("pixel_values is empty: need at least one video")
-        return self.encode_features([self.vision_features(v) for v in videos])
+        for i, v in enumerate(videos):
+            check_tensor(f"pixel_values[{i}]", v, ndim=4, floating=True)
+            if v.shape[0] < 1:
+                raise ValueError(f"pixel_values[{i}] has no frames: {describe(v)}")
+        # all frames of all videos through CLIP together (full chunks), then split per video
+        feats = self.vision_features(torch.cat(videos, 0))
+        return self.encode_features(list(feats.split([v.shape[0] for v in videos])))
 
     def encode_features(self, features=None, *, slow=None, fast=None, return_attn: bool = False):
         """Connector on CLIP features → ``[B, L, H_llm]`` in the LLM's dtype.

@@ -100,13 +100,28 @@ class SlotGrouper(nn.Module):
     def num_slots(self) -> int:
         return self.attn.num_slots
 
+    def _start(self, batch: int, like: torch.Tensor) -> torch.Tensor | None:
+        if self.training:
+            return None  # SlotAttention samples fresh noise
+        a = self.attn
+        start = a.slots_mu[0] + a.slots_logsigma[0].exp() * self.eval_noise.to(a.slots_mu.dtype)
+        return start.to(like.dtype).unsqueeze(0).expand(batch, -1, -1)
+
     def forward(self, inputs: torch.Tensor, mask: torch.Tensor | None = None, return_attn: bool = False):
-        slots = None
-        if not self.training:
-            a = self.attn
-            start = a.slots_mu[0] + a.slots_logsigma[0].exp() * self.eval_noise.to(a.slots_mu.dtype)
-            slots = start.to(inputs.dtype).unsqueeze(0).expand(inputs.shape[0], -1, -1)
-        out = self.attn(inputs, mask=mask, slots=slots, return_attn=return_attn)
+        out = self.attn(inputs, mask=mask, slots=self._start(inputs.shape[0], inputs), return_attn=return_attn)
+        return out if return_attn else (out, None)
+
+    @property
+    def supports_varlen(self) -> bool:
+        return hasattr(self.attn, "forward_varlen")
+
+    def forward_varlen(self, inputs: torch.Tensor, cu_seqlens: torch.Tensor, max_seqlen: int,
+                       return_attn: bool = False):
+        """Packed sequences: ``inputs [total, dim]``, ``cu_seqlens`` int32 ``[P + 1]`` →
+        ``slots [P, K, dim]`` and ``attn [K, total]`` with ``return_attn`` (the kernels' varlen path)."""
+        p = cu_seqlens.shape[0] - 1
+        out = self.attn.forward_varlen(inputs, cu_seqlens, max_seqlen=max_seqlen, slots=self._start(p, inputs),
+                                       return_attn=return_attn)
         return out if return_attn else (out, None)
 
 
@@ -225,6 +240,9 @@ class SlowFastSlots(nn.Module):
         self.slot_dim, self.max_frames, self.grouper = slot_dim, max_frames, grouper
         self.event_encoder = event_encoder
         self.fast_grid = grid_size // pool_stride
+        # Batches of videos with different lengths: "auto" packs them for the kernels' varlen path
+        # on CUDA (no work on padding) and pads + masks on CPU; True / False force one or the other.
+        self.varlen: bool | str = "auto"
 
         def make_grouper(k: int, seed: int) -> nn.Module:
             if grouper == "qformer":
@@ -246,7 +264,7 @@ class SlowFastSlots(nn.Module):
                 if grouper != "slot_attention":
                     raise ValueError("event_encoder='slot_ssm' replaces slot attention; it cannot be combined "
                                      f"with grouper={grouper!r}")
-                self.fast_slots = _make_ssm_events(num_slots_fast, slot_dim)
+                self.fast_slots = _make_ssm_events(num_slots_fast, slot_dim, self.fast_grid**2, backend)
             else:
                 self.fast_slots = make_grouper(num_slots_fast, eval_noise_seed + 1)
             self.fast_pos = nn.Parameter(torch.randn(max_frames, slot_dim) * 0.02)
@@ -353,12 +371,32 @@ class SlowFastSlots(nn.Module):
         seq_mask = None if full else mask.unsqueeze(1).expand(b, p, t_max).reshape(b * p, t_max)
         if self.event_encoder == "slot_ssm":
             slots, attn = self.fast_slots(x, lengths=torch.tensor(lengths).repeat_interleave(p), return_attn=return_attn)
+        elif seq_mask is not None and self._use_varlen(x):
+            slots, attn = self._fast_varlen(x, seq_mask, [n for n in lengths for _ in range(p)], return_attn)
         else:
             slots, attn = self.fast_slots(x, mask=seq_mask, return_attn=return_attn)
         slots = slots.reshape(b, p, -1, self.slot_dim)
         if attn is not None:
             attn = attn.reshape(b, p, attn.shape[1], t_max)
         return slots, attn, torch.tensor(lengths)
+
+    def _use_varlen(self, x: torch.Tensor) -> bool:
+        if not getattr(self.fast_slots, "supports_varlen", False):
+            return False
+        return x.is_cuda if self.varlen == "auto" else bool(self.varlen)
+
+    def _fast_varlen(self, x: torch.Tensor, seq_mask: torch.Tensor, seq_lengths: list[int], return_attn: bool):
+        """The event branch on packed tokens (no compute on padding): ``x [M, T_max, D]`` with
+        ``seq_mask [M, T_max]`` → slots ``[M, K, D]`` and attention ``[M, K, T_max]`` (0 on padding)."""
+        packed = x[seq_mask]  # row-major: sequence by sequence
+        cu = torch.zeros(len(seq_lengths) + 1, dtype=torch.int32)
+        cu[1:] = torch.tensor(seq_lengths).cumsum(0)
+        slots, attn = self.fast_slots.forward_varlen(packed, cu.to(x.device), max(seq_lengths), return_attn)
+        if attn is not None:
+            full = attn.new_zeros(x.shape[0], attn.shape[0], x.shape[1])
+            full.permute(1, 0, 2)[:, seq_mask] = attn
+            attn = full
+        return slots, attn
 
     # ------------------------------------------------------------------ forward
     def forward(self, features=None, *, slow=None, fast=None, return_attn: bool = False):
@@ -377,28 +415,48 @@ class SlowFastSlots(nn.Module):
         return (out, info) if return_attn else out
 
 
-def _make_ssm_events(num_slots: int, dim: int) -> nn.Module:
+def _make_ssm_events(num_slots: int, dim: int, positions: int, backend: str | None = None) -> nn.Module:
     try:
         from ..nn.slot_ssm import SlotSSM  # noqa: PLC0415
     except ImportError as exc:
         raise ValueError(f"event_encoder='slot_ssm' needs slotvlm.nn.slot_ssm, which is not available: {exc}") from exc
-    return _SSMEvents(SlotSSM(dim, num_slots, 1), num_slots)
+    return _SSMEvents(SlotSSM(dim, num_slots, 1, backend=backend), positions)
 
 
 class _SSMEvents(nn.Module):
-    """Event slots from a SlotSSM run over time: each position's sequence ``[M, T, D]`` is fed as
-    ``[M, T, 1, D]``; the slots at each sequence's last real step are its event slots (the SSM is
-    causal, so trailing padding does not change them)."""
+    """Event slots from a SlotSSM run over time (``event_encoder="slot_ssm"``).
 
-    def __init__(self, ssm: nn.Module, num_slots: int):
+    Each frame's ``P`` pooled positions form one token set (N = P tokens per frame), so the slot
+    encoder's softmax over slots makes the ``K`` slots compete for the frame's regions; the
+    selective SSM then carries each slot through time. The event tokens are the slots read at the
+    ends of ``P`` equal segments of each video's real frames (frame ``floor((j+1)·T_i/P) - 1`` for
+    segment j; the last one sees the whole video): ``P·K`` tokens, the same count and layout as
+    per-position slot attention. The model is causal in time, so trailing padding never changes
+    them and a video gives the same tokens alone or in a batch.
+
+    ``forward(x [B·P, T, D] (position-major, as the event branch lays it out), lengths [B·P])`` →
+    ``(slots [B·P, K, D], None)``.
+    """
+
+    def __init__(self, ssm: nn.Module, positions: int):
         super().__init__()
-        self.ssm, self.num_slots = ssm, num_slots
+        self.ssm, self.positions = ssm, positions
+
+    @staticmethod
+    def segment_ends(length: int, points: int) -> torch.Tensor:
+        """Frame indices ``floor((j+1)·length/points) - 1`` (clamped at 0) for ``j < points``."""
+        return ((torch.arange(1, points + 1) * length) // points - 1).clamp(min=0)
 
     def forward(self, x: torch.Tensor, lengths: torch.Tensor, return_attn: bool = False):
-        states = self.ssm(x.unsqueeze(2))  # [M, T, K, D]
-        last = (lengths.to(x.device) - 1).clamp(min=0)
-        slots = states[torch.arange(x.shape[0], device=x.device), last]
-        return slots, None
+        m, t, d = x.shape
+        p = self.positions
+        b = m // p
+        frames = x.reshape(b, p, t, d).transpose(1, 2)  # [B, T, P, D]: P tokens per frame
+        states = self.ssm(frames)  # [B, T, K, D]
+        lens = lengths.reshape(b, p)[:, 0].tolist()
+        idx = torch.stack([self.segment_ends(int(n), p) for n in lens]).to(x.device)  # [B, P]
+        slots = states[torch.arange(b, device=x.device)[:, None], idx]  # [B, P, K, D]
+        return slots.reshape(b * p, -1, d), None
 
 
 # ---------------------------------------------------------------------- Video-ChatGPT baseline

@@ -6,8 +6,9 @@ Layout of :func:`render_slots` (width ``t_d · cell``):
   (the centre crop CLIP sees), row 1 each patch coloured by its winning slot, rows 2 … N_s+1 the
   frame lit by one slot's attention mask;
 - event section (when the event branch is on): a strip of ``strip_h`` pixels with thumbnails of all
-  T frames along time, then for each of the (G/s)² pooled positions a block of N_f rows (one per
-  event slot, ``row_h`` pixels each, slot colour × attention over time) followed by ``gap`` pixels.
+  T frames along time, then for each of the (G/s)² pooled positions a white ``GAP``-pixel band
+  labelled with the position, and a block of N_f rows (one per event slot, ``ROW_H`` pixels each,
+  the slot's colour × its attention over time, time running left to right).
 """
 from __future__ import annotations
 
@@ -19,7 +20,7 @@ PALETTE = np.array([
     (170, 110, 40), (255, 250, 200), (128, 0, 0), (170, 255, 195),
 ], dtype=np.float32)
 
-ROW_H, GAP, STRIP_H = 6, 6, 32
+ROW_H, GAP, STRIP_H = 6, 12, 32
 
 
 def center_crop(frame: np.ndarray) -> np.ndarray:
@@ -71,7 +72,7 @@ def render_slots(frames: np.ndarray, slow_attn: np.ndarray | None, slow_indices:
     """
     from PIL import Image  # noqa: PLC0415
 
-    frames = np.stack([_resize(center_crop(f), cell, cell) for f in frames])
+    frames = np.stack([_resize(np.ascontiguousarray(center_crop(f)), cell, cell) for f in np.asarray(frames)])
     width = t_d * cell
     sections = []
     if slow_attn is not None:
@@ -98,10 +99,23 @@ def render_slots(frames: np.ndarray, slow_attn: np.ndarray | None, slow_indices:
             a = _norm(fast_attn[pos]).astype(np.float32)  # [N_f, T]
             heat = a[:, :, None] * PALETTE[np.arange(n_f) % len(PALETTE)][:, None, :]  # [N_f, T, 3]
             heat = np.stack([_resize(heat[..., c], width, n_f * ROW_H, nearest=True) for c in range(3)], -1)
-            rows += [heat, np.full((GAP, width, 3), 255.0, dtype=np.float32)]
+            rows += [np.full((GAP, width, 3), 255.0, dtype=np.float32), heat]
         sections.append(np.concatenate(rows, 0))
-    img = np.concatenate(sections, 0).clip(0, 255).astype(np.uint8)
-    return Image.fromarray(img, mode="RGB")
+    img = Image.fromarray(np.concatenate(sections, 0).clip(0, 255).astype(np.uint8), mode="RGB")
+    if fast_attn is not None:
+        from PIL import ImageDraw  # noqa: PLC0415
+
+        draw = ImageDraw.Draw(img)
+        fg = int(round(fast_attn.shape[0] ** 0.5))
+        y = img.height - fast_attn.shape[0] * (GAP + fast_attn.shape[1] * ROW_H)
+        for pos in range(fast_attn.shape[0]):
+            label = f"event slots, position ({pos // fg}, {pos % fg}), time ->"
+            try:
+                draw.text((2, y - 1), label, fill=(0, 0, 0), font_size=GAP - 2)
+            except TypeError:  # Pillow < 10.1 has no font_size
+                draw.text((2, y - 1), label, fill=(0, 0, 0))
+            y += GAP + fast_attn.shape[1] * ROW_H
+    return img
 
 
 def visualize_video(model, video: str, out: str, cell: int = 96, max_frames: int | None = None):
@@ -116,6 +130,7 @@ def visualize_video(model, video: str, out: str, cell: int = 96, max_frames: int
         raise ValueError(f"visualize needs a slot connector, this model's connector is {model.config.connector!r}")
     frames, _ = load_video(video, fps=model.config.fps, max_frames=max_frames or model.config.max_frames)
     pixels = preprocess(frames, size=model.config.image_size)
+    frames = np.asarray(frames)  # the video runtime returns a uint8 tensor
     with torch.no_grad():
         feats = model.vision_features(pixels)
         _, info = model.encode_features([feats], return_attn=True)

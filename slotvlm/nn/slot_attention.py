@@ -151,6 +151,16 @@ class SlotAttention(nn.Module):
         sigma = self.slots_logsigma.exp().expand(batch, num_slots, -1)
         return mu + sigma * torch.randn(mu.shape, device=device, dtype=dtype)
 
+    def _start_slots(self, slots, batch, num_slots, inputs, deterministic_init):
+        """The given starting slots, else the init (deterministic_init None = the module's switch)."""
+        if slots is not None:
+            return slots
+        if deterministic_init is None:
+            deterministic_init = self.deterministic_init
+        return self.initial_slots(
+            batch, num_slots, device=inputs.device, dtype=inputs.dtype, deterministic=deterministic_init
+        )
+
     def _check_forward(self, inputs, num_slots, mask, slots):
         check_tensor("inputs", inputs, ndim=3, floating=True)
         b, n, d = inputs.shape
@@ -203,22 +213,33 @@ class SlotAttention(nn.Module):
         b, n, _ = inputs.shape
         backend = resolve_backend(self.backend, inputs.device)
         step, gru = _step_impl(backend)
-        if deterministic_init is None:
-            deterministic_init = self.deterministic_init
-        if slots is None:
-            slots = self.initial_slots(
-                b, num_slots, device=inputs.device, dtype=inputs.dtype, deterministic=deterministic_init
-            )
+        slots = self._start_slots(slots, b, num_slots, inputs, deterministic_init)
 
         x = self.norm_input(inputs)
         h, dh = self.heads, self.dim_head
         k = self.to_k(x).view(b, n, h, dh)
         v = self.to_v(x).view(b, n, h, dh)
 
+        def attend(q, want_attn):
+            return step(q, k, v, mask, scale=self.scale, eps=self.eps, return_attn=want_attn)
+
+        slots, attn = self._iterate(slots, attend, gru, return_attn)
+        if return_attn:
+            return slots, attn.mean(dim=1)
+        return slots
+
+    def _iterate(self, slots, attend, gru, return_attn):
+        """The refinement loop shared by :meth:`forward` and :meth:`forward_varlen`.
+
+        ``attend(q [P, K, H, Dh], want_attn) -> (updates [P, K, H, Dh], attn | None)``.
+        """
+        b, num_slots, _ = slots.shape
+        h, dh = self.heads, self.dim_head
+
         def iterate(slots, want_attn):
             prev = slots
             q = self.to_q(self.norm_slots(slots)).view(b, num_slots, h, dh)
-            updates, attn = step(q, k, v, mask, scale=self.scale, eps=self.eps, return_attn=want_attn)
+            updates, attn = attend(q, want_attn)
             updates = updates.reshape(b, num_slots, h * dh)
             if self.combine_heads is not None:
                 updates = self.combine_heads(updates)
@@ -237,8 +258,94 @@ class SlotAttention(nn.Module):
             if self.implicit_grad and last:
                 slots = slots.detach()
             slots, attn = iterate(slots, return_attn and last)
+        return slots, attn
+
+    def forward_varlen(
+        self,
+        inputs: torch.Tensor,
+        cu_seqlens: torch.Tensor,
+        num_slots: int | None = None,
+        *,
+        max_seqlen: int | None = None,
+        slots: torch.Tensor | None = None,
+        return_attn: bool = False,
+        deterministic_init: bool | None = None,
+    ):
+        """Slot attention over packed sequences of different lengths (no padding).
+
+        Args:
+            inputs: ``[T, dim]``, the P sequences concatenated; sequence ``p`` is
+                ``inputs[cu_seqlens[p]:cu_seqlens[p+1]]``.
+            cu_seqlens: int32 ``[P + 1]``, starting at 0, non-decreasing, ending at T (flash-attn's
+                varlen convention). An empty sequence behaves like an all-padding row.
+            num_slots, slots, deterministic_init: as in :meth:`forward` (slots ``[P, K, dim]``).
+            max_seqlen: the longest sequence; computed from cu_seqlens (a host sync) if None.
+            return_attn: also return the last iteration's attention ``[K, T]`` laid out like the
+                tokens (softmax over slots, averaged over heads).
+
+        Returns:
+            slots ``[P, K, dim]``, or ``(slots, attn [K, T])``. Equal to :meth:`forward` on the
+            zero-padded batch with the matching mask. The torch backend computes it that way; the
+            triton backend runs the varlen kernel directly on the packed tokens.
+        """
+        check_tensor("inputs", inputs, ndim=2, floating=True)
+        t, d = inputs.shape
+        if d != self.dim:
+            raise ValueError(f"inputs must have shape [T, {self.dim}] (dim={self.dim}), got {describe(inputs)}")
+        check_tensor("cu_seqlens", cu_seqlens, ndim=1, dtype=torch.int32, device=inputs.device)
+        p = cu_seqlens.shape[0] - 1
+        if p < 1:
+            raise ValueError(f"cu_seqlens must have at least 2 entries, got {describe(cu_seqlens)}")
+        cu_host = cu_seqlens.tolist()
+        lengths = [cu_host[i + 1] - cu_host[i] for i in range(p)]
+        if cu_host[0] != 0 or cu_host[-1] != t or min(lengths) < 0:
+            raise ValueError(f"cu_seqlens must start at 0, be non-decreasing and end at T={t}, got {cu_host}")
+        if max_seqlen is None:
+            max_seqlen = max(lengths)
+        num_slots = num_slots if num_slots is not None else self.num_slots
+        if slots is not None:
+            check_tensor("slots", slots, shape=(p, None, self.dim), floating=True, device=inputs.device)
+        backend = resolve_backend(self.backend, inputs.device)
+        if backend == "torch":
+            n = max(max_seqlen, 1)
+            idx = torch.arange(n, device=inputs.device)
+            lens = torch.tensor(lengths, device=inputs.device)
+            mask = idx[None, :] < lens[:, None]  # [P, n]
+            padded = inputs.new_zeros(p, n, d)
+            padded[mask] = inputs
+            out = self.forward(
+                padded, num_slots, mask=mask, slots=slots, return_attn=return_attn,
+                deterministic_init=deterministic_init,
+            )
+            if not return_attn:
+                return out
+            out, attn = out
+            return out, attn.permute(1, 0, 2)[:, mask]  # [K, T]
+        check_positive_int("num_slots", num_slots)
+        if slots is not None:
+            num_slots = slots.shape[1]
+        elif self.init == "learned" and num_slots != self.num_slots:
+            raise ValueError(
+                f"num_slots={num_slots} differs from the learned slot table's {self.num_slots} "
+                "(init='learned' has a fixed number of slots)"
+            )
+        _, gru = _step_impl(backend)
+        from ..ops.fused import slot_attention_step_varlen  # noqa: PLC0415
+
+        slots = self._start_slots(slots, p, num_slots, inputs, deterministic_init)
+        x = self.norm_input(inputs)
+        h, dh = self.heads, self.dim_head
+        k = self.to_k(x).view(t, h, dh)
+        v = self.to_v(x).view(t, h, dh)
+
+        def attend(q, want_attn):
+            return slot_attention_step_varlen(
+                q, k, v, cu_seqlens, max_seqlen, scale=self.scale, eps=self.eps, return_attn=want_attn
+            )
+
+        slots, attn = self._iterate(slots, attend, gru, return_attn)
         if return_attn:
-            return slots, attn.mean(dim=1)
+            return slots, attn.mean(dim=0)
         return slots
 
 
