@@ -107,6 +107,12 @@ def test_synth_is_deterministic_and_answers_match_the_pixels(tmp_path):
                 assert seen == answer, (question, dx, dy)
                 checked += 1
     assert checked >= 8
+    # Order questions are well posed: appearances >= 1.5 s apart (1 fps sampling sees them), also in short clips.
+    rng = np.random.default_rng(0)
+    for seconds in (2.0, 3.0, 8.0):
+        for _ in range(50):
+            ap = sorted(o.appear for o in synth.make_scene(rng, "x", seconds, 64).objects)
+            assert all(b - a >= 1.5 - 1e-9 for a, b in zip(ap, ap[1:])) and ap[-1] <= 0.75 * seconds
     with pytest.raises(ValueError, match="videos"):
         synth.generate(str(tmp_path / "x"), 1)
     with pytest.raises(ValueError, match="size"):
