@@ -281,3 +281,16 @@ def test_pipeline_synth_extract_init_three_stages_under_torchrun(tmp_path, tiny,
         emb = m3.encode_features(slow=f["slow"][None].float(), fast=[f["fast"].float()])
     assert emb.shape == (1, 192, 64)
     assert isinstance(m3.generate(emb, ["What color is the circle?"], max_new_tokens=3)[0], str)
+
+
+def test_list_videos_from_folder_and_list_file(tmp_path):
+    from slotvlm.data.features import list_videos
+
+    (tmp_path / "b.mp4").write_bytes(b"")
+    (tmp_path / "a.MKV").write_bytes(b"")
+    (tmp_path / "notes.txt").write_text("x")
+    assert list_videos(str(tmp_path)) == [str(tmp_path / "a.MKV"), str(tmp_path / "b.mp4")]
+    (tmp_path / "list.txt").write_text("# train split\nb.mp4\n/abs/c.mp4  # absolute\n\n")
+    assert list_videos(str(tmp_path / "list.txt")) == [str(tmp_path / "b.mp4"), "/abs/c.mp4"]
+    with pytest.raises(ValueError, match="videos"):
+        list_videos(str(tmp_path / "missing"))
