@@ -152,7 +152,7 @@ def test_cached_form_equals_full_features(model):
     slow, fast = slowfast_pool_features(f, 8, 4)
     # independent reference of the pooling
     for fi, s, fa in zip(f, slow, fast):
-        idx = np.round(np.linspace(0, fi.shape[0] - 1, 8)).astype(int)
+        idx = np.floor(np.linspace(0, fi.shape[0] - 1, 8) + 0.5).astype(int)
         torch.testing.assert_close(s, fi[idx])
         ref = fi.reshape(fi.shape[0], 4, 4, 4, 4, DV).mean(dim=(2, 4))
         torch.testing.assert_close(fa, ref)
@@ -171,7 +171,7 @@ def test_slowfast_matches_per_frame_and_per_position_reference():
     c = connector()
     f = feats(11, seed=3)[0]
     out = c([f])
-    idx = torch.tensor(np.round(np.linspace(0, 10, 8)).astype(int))
+    idx = torch.tensor(np.floor(np.linspace(0, 10, 8) + 0.5).astype(int))
     with torch.no_grad():
         obj = []
         for j, t in enumerate(idx):
@@ -361,11 +361,17 @@ def test_chat_prints_answer(model, model_dir, clip_path, capsys):
     assert printed == expected and printed
 
 
-def test_chat_interactive(model_dir, clip_path, capsys, monkeypatch):
-    monkeypatch.setattr("sys.stdin", io.StringIO("What color is the square?\nHow many objects?\n"))
+def test_chat_interactive_keeps_history(model, model_dir, clip_path, capsys, monkeypatch):
+    q1, q2 = "What color is the square?", "How many objects?"
+    monkeypatch.setattr("sys.stdin", io.StringIO(f"{q1}\n{q2}\n"))
     assert main(["chat", "--model", model_dir, "--video", clip_path, "--max-new-tokens", "4"]) == 0
     lines = [ln for ln in capsys.readouterr().out.splitlines() if ln.startswith("ASSISTANT:")]
-    assert len(lines) == 2
+    emb = model.encode_video([model.load_video(clip_path)])
+    a1 = model.generate(emb, [q1], max_new_tokens=4)[0]
+    a2 = model.generate(emb, [q2], max_new_tokens=4, history=[[(q1, a1)]])[0]
+    assert lines == [f"ASSISTANT: {a1}", f"ASSISTANT: {a2}"]
+    inp = model.build_inputs(emb, [q2], history=[[(q1, a1)]])
+    assert inp["inputs_embeds"].shape[1] > model.build_inputs(emb, [q2])["inputs_embeds"].shape[1]
 
 
 def test_visualize_writes_png(model, model_dir, clip_path, tmp_path):
@@ -398,3 +404,17 @@ def test_cli_reports_bad_video(model_dir, tmp_path, capsys):
     bad.write_bytes(b"garbage")
     assert main(["chat", "--model", model_dir, "--video", str(bad), "--question", "q"]) == 2
     assert "slotvlm chat: error:" in capsys.readouterr().err
+
+
+def test_vicuna_v1_template():
+    from slotvlm.conversation import VICUNA_V1_SYSTEM, get_template
+
+    conv = get_template("vicuna_v1")
+    assert conv.prompt("Why?") == f"{VICUNA_V1_SYSTEM} USER: <video>\nWhy? ASSISTANT:"
+    assert conv.prompt("Then?", history=[("Why?", "Because.")]) == (
+        f"{VICUNA_V1_SYSTEM} USER: <video>\nWhy? ASSISTANT: Because.</s>USER: Then? ASSISTANT:"
+    )
+    assert conv.prompt("In <video> what?").count("<video>") == 1
+    with pytest.raises(ValueError, match="conv_template"):
+        get_template("llama2")
+

@@ -51,6 +51,17 @@ def write_video(path, times, *, fmt=None, rate=25, size=(W, H)):
     return str(path)
 
 
+def remux_faststart(src, dst) -> bytes:
+    """Copy src's video packets into a "faststart" mp4 (index before the data); return its bytes."""
+    with av.open(str(src)) as i, av.open(str(dst), "w", options={"movflags": "faststart"}) as o:
+        s = o.add_stream_from_template(i.streams.video[0])
+        for p in i.demux(i.streams.video[0]):
+            if p.dts is not None:
+                p.stream = s
+                o.mux(p)
+    return open(dst, "rb").read()
+
+
 def cfr(seconds, fps):
     return [i / fps for i in range(int(round(seconds * fps)))]
 
@@ -123,14 +134,7 @@ def test_truncated_faststart_file(tmp_path):
     """A faststart mp4 (index first) cut at 85 %: it opens, but its frames stop before the 12 s it
     claims. Reading all of it is a VideoError; the first seconds, which are intact, can be read."""
     src = write_video(tmp_path / "src.mp4", cfr(12, 25))
-    fs = tmp_path / "fs.mp4"
-    with av.open(src) as i, av.open(str(fs), "w", options={"movflags": "faststart"}) as o:
-        s = o.add_stream_from_template(i.streams.video[0])
-        for p in i.demux(i.streams.video[0]):
-            if p.dts is not None:
-                p.stream = s
-                o.mux(p)
-    data = fs.read_bytes()
+    data = remux_faststart(src, tmp_path / "fs.mp4")
     cut = tmp_path / "cut.mp4"
     cut.write_bytes(data[: int(len(data) * 0.85)])
     with pytest.raises(VideoError, match="cut.mp4"):
@@ -209,14 +213,7 @@ def _broken_files(tmp_path, clip12):
         "header_only.mp4": data[:64],
     }
     # a "faststart" mp4 (index first) cut in half: opens fine, then runs out of frames
-    fs = tmp_path / "faststart.mp4"
-    with av.open(clip12) as i, av.open(str(fs), "w", options={"movflags": "faststart"}) as o:
-        s = o.add_stream_from_template(i.streams.video[0])
-        for p in i.demux(i.streams.video[0]):
-            if p.dts is not None:
-                p.stream = s
-                o.mux(p)
-    fsd = fs.read_bytes()
+    fsd = remux_faststart(clip12, tmp_path / "faststart.mp4")
     files["faststart_truncated.mp4"] = fsd[: len(fsd) // 2]
     from PIL import Image
 

@@ -14,7 +14,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--video", required=True, help="video file (decoded at the model's fps, 1 by default)")
     parser.add_argument("--question", default=None,
                         help="ask this and print the answer; without it, read questions from stdin "
-                        "until EOF or 'exit'")
+                        "until EOF or 'exit' (a multi-turn chat: earlier turns stay in the prompt)")
     parser.add_argument("--max-new-tokens", type=int, default=128, help="answer length limit")
     parser.add_argument("--max-frames", type=int, default=None, help="frame cap (default: the model's max_frames)")
     parser.add_argument("--sample", action="store_true", help="sample instead of greedy decoding")
@@ -28,13 +28,15 @@ def run(args: argparse.Namespace) -> int:
     pixels = model.load_video(args.video, max_frames=args.max_frames)
     embeds = model.encode_video([pixels])  # encoded once, reused for every question
 
-    def ask(q: str) -> str:
-        return model.generate(embeds, [q], max_new_tokens=args.max_new_tokens, do_sample=args.sample)[0]
+    def ask(q: str, history=None) -> str:
+        return model.generate(embeds, [q], max_new_tokens=args.max_new_tokens, do_sample=args.sample,
+                              history=[history or []])[0]
 
     if args.question is not None:
         print(ask(args.question))
         return 0
     interactive = sys.stdin.isatty()
+    history: list[tuple[str, str]] = []  # earlier turns stay in the prompt (multi-turn chat)
     if interactive:
         print(f"{args.video}: {pixels.shape[0]} frames. Ask a question (empty line or 'exit' to quit).")
     while True:
@@ -45,5 +47,7 @@ def run(args: argparse.Namespace) -> int:
         if q.strip().lower() in ("exit", "quit") or (interactive and not q.strip()):
             break
         if q.strip():
-            print(f"ASSISTANT: {ask(q)}", flush=True)
+            a = ask(q, history)
+            history.append((q, a))
+            print(f"ASSISTANT: {a}", flush=True)
     return 0

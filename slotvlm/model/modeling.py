@@ -239,13 +239,15 @@ class SlotVLM(nn.Module):
         return self.tokenizer(text, add_special_tokens=False).input_ids
 
     def build_inputs(self, video_embeds: torch.Tensor, questions: Sequence[str],
-                     answers: Sequence[str] | None = None) -> dict:
+                     answers: Sequence[str] | None = None, *, history=None) -> dict:
         """Embed the prompts with the video embeddings in place of ``<video>``.
 
         Args:
             video_embeds: ``[B, L, H]`` from :meth:`encode_video` / :meth:`encode_features`.
             questions: B user questions (``<video>`` is put before each unless it already has one).
             answers: B answers for training (each followed by EOS), or None for generation.
+            history: None, or per video a list of earlier ``(question, answer)`` turns (multi-turn
+                chat); the video goes into the first turn.
 
         Returns:
             dict with ``inputs_embeds [B, S, H]``, ``attention_mask [B, S]`` and, with answers,
@@ -258,6 +260,8 @@ class SlotVLM(nn.Module):
             raise ValueError(f"questions must be a list of {b} strings (one per video), got {questions!r}")
         if answers is not None and (isinstance(answers, str) or len(answers) != b):
             raise ValueError(f"answers must be None or a list of {b} strings, got {answers!r}")
+        if history is not None and len(history) != b:
+            raise ValueError(f"history must be None or a list of {b} turn lists, got {history!r}")
         tok = self.tokenizer
         embed = self.llm.get_input_embeddings()
         dev, dtype = embed.weight.device, embed.weight.dtype
@@ -265,7 +269,7 @@ class SlotVLM(nn.Module):
         bos = [tok.bos_token_id] if tok.bos_token_id is not None else []
         seqs, labels = [], []
         for i, q in enumerate(questions):
-            prompt = self.conversation.prompt(q)
+            prompt = self.conversation.prompt(q, history[i] if history is not None else None)
             if prompt.count(VIDEO_TOKEN) != 1:
                 raise ValueError(f"questions[{i}] must contain {VIDEO_TOKEN!r} at most once, got {q!r}")
             before, after = prompt.split(VIDEO_TOKEN)
@@ -318,9 +322,10 @@ class SlotVLM(nn.Module):
 
     @torch.no_grad()
     def generate(self, video_embeds: torch.Tensor, questions: Sequence[str], max_new_tokens: int = 64,
-                 do_sample: bool = False, **gen_kwargs) -> list[str]:
-        """Answers for a batch: ``video_embeds [B, L, H]`` + B questions → B strings (greedy by default)."""
-        inputs = self.build_inputs(video_embeds, questions)
+                 do_sample: bool = False, *, history=None, **gen_kwargs) -> list[str]:
+        """Answers for a batch: ``video_embeds [B, L, H]`` + B questions → B strings (greedy by
+        default). ``history``: as in :meth:`build_inputs`; other keywords go to the LLM's generate."""
+        inputs = self.build_inputs(video_embeds, questions, history=history)
         tok = self.tokenizer
         kwargs = dict(max_new_tokens=max_new_tokens, do_sample=do_sample, pad_token_id=tok.pad_token_id,
                       eos_token_id=tok.eos_token_id)
@@ -332,7 +337,7 @@ class SlotVLM(nn.Module):
 
     def load_video(self, path: str, max_frames: int | None = None) -> torch.Tensor:
         """Decode ``path`` at ``config.fps`` → CLIP-ready ``[T, 3, S, S]``."""
-        from ._video import load_video, preprocess  # noqa: PLC0415
+        from ..video import load_video, preprocess  # noqa: PLC0415
 
         frames, _ = load_video(path, fps=self.config.fps, max_frames=max_frames or self.config.max_frames)
         return preprocess(frames, size=self.config.image_size)

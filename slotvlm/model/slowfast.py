@@ -25,31 +25,11 @@ __all__ = ["SlowFastSlots", "SlotGrouper", "QueryFormer", "slowfast_pool_feature
 
 # ---------------------------------------------------------------------- pooling
 def _uniform_indices(num_frames: int, k: int) -> torch.Tensor:
-    """``k`` frame indices spread uniformly over ``num_frames`` (repeats allowed when T < k)."""
-    from .._ext import ops  # noqa: PLC0415  (the C++ sampling op every branch shares)
+    """``k`` frame indices spread uniformly over ``num_frames`` (repeats allowed when T < k): the
+    object branch's frames, the same choice :func:`slotvlm.video.slowfast_pool` makes."""
+    from ..video import uniform_indices  # noqa: PLC0415
 
-    return ops.uniform_indices(int(num_frames), int(k), True)
-
-
-def _slowfast_pool(features: torch.Tensor, num_slow: int, stride: int):
-    """``features [B, T, G, G, D]`` → ``(slow [B, num_slow, G, G, D], fast [B, T, G/s, G/s, D])``.
-
-    Uses ``slotvlm.video.slowfast_pool`` (the C++ op) when the video runtime provides it, else the
-    same computation in plain PyTorch.
-    """
-    try:
-        from ..video import slowfast_pool  # noqa: PLC0415
-    except ImportError:
-        slowfast_pool = None
-    if slowfast_pool is not None:
-        return slowfast_pool(features, num_slow=num_slow, stride=stride)
-    b, t, h, w, d = features.shape
-    idx = _uniform_indices(t, num_slow).to(features.device)
-    slow = features.index_select(1, idx)
-    x = features.reshape(b * t, h, w, d).permute(0, 3, 1, 2)
-    fast = F.avg_pool2d(x, kernel_size=stride, stride=stride)
-    fast = fast.permute(0, 2, 3, 1).reshape(b, t, h // stride, w // stride, d)
-    return slow, fast
+    return uniform_indices(int(num_frames), int(k), allow_repeat=True)
 
 
 def slowfast_pool_features(
@@ -64,12 +44,14 @@ def slowfast_pool_features(
     Returns:
         ``slow [B, num_slow, G, G, D]`` and ``fast``: a list of ``[T_i, G/s, G/s, D]`` tensors.
     """
+    from ..video import slowfast_pool  # noqa: PLC0415  (the C++ op)
+
     if isinstance(features, torch.Tensor) and features.dim() == 5:
-        slow, fast = _slowfast_pool(features, num_slow, stride)
+        slow, fast = slowfast_pool(features, num_slow=num_slow, stride=stride)
         return slow, list(fast.unbind(0))
     slows, fasts = [], []
     for f in features:
-        s, fa = _slowfast_pool(f.unsqueeze(0), num_slow, stride)
+        s, fa = slowfast_pool(f.unsqueeze(0), num_slow=num_slow, stride=stride)
         slows.append(s)
         fasts.append(fa[0])
     return torch.cat(slows, 0), fasts
@@ -370,7 +352,8 @@ class SlowFastSlots(nn.Module):
         full = all(n == t_max for n in lengths)
         seq_mask = None if full else mask.unsqueeze(1).expand(b, p, t_max).reshape(b * p, t_max)
         if self.event_encoder == "slot_ssm":
-            slots, attn = self.fast_slots(x, lengths=torch.tensor(lengths).repeat_interleave(p), return_attn=return_attn)
+            seq_lengths = torch.tensor(lengths).repeat_interleave(p)
+            slots, attn = self.fast_slots(x, lengths=seq_lengths, return_attn=return_attn)
         elif seq_mask is not None and self._use_varlen(x):
             slots, attn = self._fast_varlen(x, seq_mask, [n for n in lengths for _ in range(p)], return_attn)
         else:
@@ -512,8 +495,8 @@ class PoolingConnector(nn.Module):
             fast = list(fast.unbind(0)) if isinstance(fast, torch.Tensor) else list(fast)
             if len(fast) != slow.shape[0]:
                 raise ValueError(f"slow has batch {slow.shape[0]} but fast has {len(fast)} videos")
-            for s, f in zip(slow, fast):
-                check_tensor("fast[i]", f, shape=(None, None, None, dv), floating=True)
+            for i, (s, f) in enumerate(zip(slow, fast)):
+                check_tensor(f"fast[{i}]", f, shape=(None, None, None, dv), floating=True)
                 temporal = f.to(dtype).flatten(1, 2).mean(1)
                 spatial = s.to(dtype).reshape(s.shape[0], g * g, dv).mean(0)
                 tokens.append(torch.cat([self._temporal(temporal), spatial], 0))

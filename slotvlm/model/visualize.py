@@ -123,7 +123,7 @@ def visualize_video(model, video: str, out: str, cell: int = 96, max_frames: int
     picture to ``out`` (PNG). Returns the ``PIL.Image``."""
     import torch  # noqa: PLC0415
 
-    from ._video import load_video, preprocess  # noqa: PLC0415
+    from ..video import load_video, preprocess  # noqa: PLC0415
     from .slowfast import SlowFastSlots  # noqa: PLC0415
 
     if not isinstance(model.connector, SlowFastSlots):
