@@ -38,6 +38,9 @@ __all__ = [
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 
+# Gaps between sample times longer than this are skipped by seeking (see _decode_at).
+_SEEK_GAP_S = 4.0
+
 # Container formats that FFmpeg opens but that hold no real video: still images, and "tty"
 # (FFmpeg renders any text file as ANSI art).
 _NOT_VIDEO_FORMATS = {"image2", "image2pipe", "tty"}
@@ -126,12 +129,36 @@ def _clip_preprocess_fake(frames, size, crop_size, mean, std, scale, dtype):
     return frames.new_empty((frames.shape[0], 3, crop_size, crop_size), dtype=dtype)
 
 
+def _slowfast_setup_context(ctx, inputs, output):
+    features, num_slow, stride = (list(inputs) + [8, 4])[:3]
+    ctx.shape, ctx.num_slow, ctx.stride = tuple(features.shape), num_slow, stride
+
+
+def _slowfast_backward(ctx, grad_slow, grad_fast):
+    """d features = scatter-add of grad_slow onto the chosen frames + grad_fast spread evenly over
+    each s x s window."""
+    B, T, H, W, D = ctx.shape
+    s = ctx.stride
+    ref = grad_slow if grad_slow is not None else grad_fast
+    grad = torch.zeros(ctx.shape, dtype=ref.dtype, device=ref.device)
+    if grad_fast is not None:
+        g = grad_fast / (s * s)
+        grad += g.repeat_interleave(s, dim=2).repeat_interleave(s, dim=3)
+    if grad_slow is not None:
+        idx = uniform_indices(T, ctx.num_slow, allow_repeat=True).to(ref.device)
+        grad.index_add_(1, idx, grad_slow)
+    return grad, None, None
+
+
 def _register_python_kernels() -> None:
     # CUDA through the torch reference (avg_pool2d + index_select run on the GPU); fake kernels so
-    # that torch.compile can trace both ops.
+    # that torch.compile can trace both ops; the backward of slowfast_pool.
     torch.library.impl("slotvlm::slowfast_pool", "CUDA", _slowfast_pool_other_device)
     for name, fn in (("slotvlm::slowfast_pool", _slowfast_pool_fake), ("slotvlm::clip_preprocess", _clip_preprocess_fake)):
         torch.library.register_fake(name, fn)
+    torch.library.register_autograd(
+        "slotvlm::slowfast_pool", _slowfast_backward, setup_context=_slowfast_setup_context
+    )
 
 
 _register_python_kernels()
@@ -148,6 +175,7 @@ def slowfast_pool(features: torch.Tensor, num_slow: int = 8, stride: int = 4) ->
 
     Returns:
         ``slow [B, num_slow, H, W, D]`` and ``fast [B, T, H/s, W/s, D]``, in the input dtype.
+        Differentiable with respect to ``features``.
     """
     num_slow = _int_arg("slowfast_pool", "num_slow", num_slow)
     stride = _int_arg("slowfast_pool", "stride", stride)
@@ -341,31 +369,53 @@ def _decode_at(path, container, stream, targets, fps, native, max_frames):
     n_decoded = 0
     step = 1.0 / native if native else 0.0
     done = False
+    # Long gaps between sample times (max_frames on a long video) are skipped by seeking to the
+    # keyframe before the next sample, when the file has timestamps and seeking makes progress.
+    can_seek = stream.time_base is not None
     try:
-        for frame in container.decode(stream):
-            n_decoded += 1
-            if frame.pts is not None and frame.time is not None:
-                t_abs = float(frame.time)
-            else:  # no timestamp: continue from the previous frame at the native rate
-                t_abs = (prev[0] + (t_first or 0.0) + step) if prev else 0.0
-            if t_first is None:
-                t_first = t_abs
-            t = t_abs - t_first
-            if prev is not None and t < prev[0]:
-                t = prev[0]  # out-of-order timestamps in a broken file: keep time monotone
-            tt = target(ti)
-            while tt is not None and t >= tt - 1e-9:
-                # The nearest of the previous frame (before tt) and this one (at or after tt).
-                if prev is not None and tt - prev[0] <= t - tt:
-                    take(*prev)
-                else:
-                    take(t, frame)
-                ti += 1
+        frames = container.decode(stream)
+        while not done:
+            seek_from = None
+            for frame in frames:
+                n_decoded += 1
+                if frame.pts is not None and frame.time is not None:
+                    t_abs = float(frame.time)
+                else:  # no timestamp: continue from the previous frame at the native rate
+                    can_seek = False
+                    t_abs = (prev[0] + (t_first or 0.0) + step) if prev else 0.0
+                if t_first is None:
+                    t_first = t_abs
+                t = t_abs - t_first
+                if seek_from is not None:
+                    if t <= seek_from:  # the keyframe was not past where we were: stop seeking
+                        can_seek = False
+                    seek_from = None
+                if prev is not None and t < prev[0]:
+                    t = prev[0]  # out-of-order timestamps in a broken file: keep time monotone
                 tt = target(ti)
-            if tt is None:
-                done = True
-                break
-            prev = (t, frame)
+                while tt is not None and t >= tt - 1e-9:
+                    # The nearest of the previous frame (before tt) and this one (at or after tt).
+                    if prev is not None and tt - prev[0] <= t - tt:
+                        take(*prev)
+                    else:
+                        take(t, frame)
+                    ti += 1
+                    tt = target(ti)
+                if tt is None:
+                    done = True
+                    break
+                prev = (t, frame)
+                if can_seek and tt - t > _SEEK_GAP_S:
+                    try:
+                        container.seek(int(Fraction(tt + t_first) / stream.time_base), backward=True, stream=stream)
+                    except av.FFmpegError:
+                        can_seek = False  # not seekable: keep decoding sequentially
+                        continue
+                    frames = container.decode(stream)
+                    seek_from, prev = t, None
+                    break
+            else:
+                break  # end of stream
     except av.FFmpegError as exc:
         where = f" after {prev[0]:.2f} s" if prev else ""
         raise VideoError(f"{path}: corrupt or truncated video, decoding failed{where} ({exc.strerror or exc})") from exc

@@ -117,17 +117,38 @@ class _CountingContainer:
 
 
 def test_stops_decoding_once_the_frames_are_found(clip12, monkeypatch):
-    """max_frames=1 needs only the middle second (t = 5 s, frame 125): decoding must stop soon
-    after it instead of running through all 300 frames."""
+    """max_frames=1 needs only the middle second (t = 5 s, frame 125). Without seeking, decoding
+    must stop right after it instead of running through all 300 frames."""
+    import slotvlm.video as video
+
     decoded = []
     real_open = av.open
     monkeypatch.setattr(av, "open", lambda *a, **k: _CountingContainer(real_open(*a, **k), decoded))
+    monkeypatch.setattr(video, "_SEEK_GAP_S", float("inf"))
     frames, times = load_video(clip12, fps=1.0, max_frames=1)
     assert times.tolist() == [5.0] and read_index(frames[0]) == 125
     assert 126 <= len(decoded) < 140
     decoded.clear()
     load_video(clip12, fps=1.0)  # all of it: every frame up to the last sample (11 s = frame 275)
     assert 276 <= len(decoded) < 290
+
+
+def test_long_gaps_are_skipped_by_seeking(clip12, monkeypatch):
+    """With a few samples far apart, load_video seeks to the keyframe before each one (the test
+    clip has a keyframe at least every ~1 s): same frames as decoding everything, far fewer decoded."""
+    import slotvlm.video as video
+
+    decoded = []
+    real_open = av.open
+    monkeypatch.setattr(av, "open", lambda *a, **k: _CountingContainer(real_open(*a, **k), decoded))
+    seek_frames, seek_times = load_video(clip12, fps=1.0, max_frames=3)
+    n_seek = len(decoded)
+    decoded.clear()
+    monkeypatch.setattr(video, "_SEEK_GAP_S", float("inf"))
+    frames, times = load_video(clip12, fps=1.0, max_frames=3)
+    assert [read_index(f) for f in frames] == [0, 150, 275]  # seconds 0, 6 (5.5 rounded), 11
+    assert torch.equal(seek_frames, frames) and torch.equal(seek_times, times)
+    assert n_seek < len(decoded) / 2, (n_seek, len(decoded))
 
 
 def test_truncated_faststart_file(tmp_path):
@@ -167,6 +188,32 @@ def test_stream_without_timestamps_or_duration(tmp_path):
     assert [read_index(f) for f in frames] == [0, 25, 50, 75]
     frames, times = load_video(path, fps=1.0, max_frames=2)
     assert [read_index(f) for f in frames] == [0, 75]
+
+
+def test_audio_stream_first_is_ignored(tmp_path):
+    """An mp4 whose first stream is audio (AAC) and second video: the video stream is decoded."""
+    path = str(tmp_path / "av.mp4")
+    with av.open(path, "w") as c:
+        a = c.add_stream("aac", rate=16000)
+        a.layout = "mono"
+        v = c.add_stream("libx264", rate=25)
+        v.width, v.height, v.pix_fmt = W, H, "yuv420p"
+        n_audio = 0
+        for i in range(100):  # 4 s of video, audio kept alongside
+            for p in v.encode(av.VideoFrame.from_ndarray(index_image(i), format="rgb24")):
+                c.mux(p)
+            while n_audio < (i + 1) * 640:
+                fr = av.AudioFrame.from_ndarray(np.zeros((1, 1024), np.float32), format="fltp", layout="mono")
+                fr.sample_rate, fr.pts = 16000, n_audio
+                n_audio += 1024
+                for p in a.encode(fr):
+                    c.mux(p)
+        for s in (v, a):
+            for p in s.encode():
+                c.mux(p)
+    frames, times = load_video(path, fps=1.0)
+    assert [read_index(f) for f in frames] == [0, 25, 50, 75]
+    assert times.tolist() == [0.0, 1.0, 2.0, 3.0]
 
 
 def test_very_short_clip(tmp_path):

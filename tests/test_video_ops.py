@@ -207,6 +207,18 @@ def test_slowfast_pool_strided_input_and_compile():
     torch.library.opcheck(torch.ops.slotvlm.slowfast_pool.default, (x.contiguous(), 8, 4))
 
 
+def test_slowfast_pool_gradient_matches_reference():
+    x = torch.randn(2, 5, 8, 4, 3, dtype=torch.float64, requires_grad=True)  # T=5 < 8: repeated frames
+    slow, fast = slowfast_pool(x, num_slow=8, stride=2)
+    gs, gf = torch.randn_like(slow), torch.randn_like(fast)
+    (got,) = torch.autograd.grad((slow * gs).sum() + (fast * gf).sum(), x)
+    xr = x.detach().clone().requires_grad_(True)
+    rs, rf = naive_slowfast(xr, 8, 2)
+    (want,) = torch.autograd.grad((rs * gs).sum() + (rf * gf).sum(), xr)
+    torch.testing.assert_close(got, want)
+    torch.autograd.gradcheck(lambda t: slowfast_pool(t, 3, 2), (x[:1, :4].detach().clone().requires_grad_(True),))
+
+
 @requires_cuda
 def test_slowfast_pool_cuda_matches_cpu():
     x = torch.randn(2, 12, 16, 16, 32)

@@ -6,17 +6,20 @@
 // 22-bit fixed point with rounding and clipping to uint8 after each pass), centre crop, rescale
 // and normalise. Only the pixels inside the crop are ever computed: the horizontal pass runs over
 // the crop's columns and the input rows that the crop's output rows read, the vertical pass over
-// the crop's rows; the final uint8 -> float step is a 256-entry table per channel.
+// the crop's rows; the final uint8 -> float step repeats transformers' float arithmetic (a table per
+// channel, or the same IEEE operations in vectors). Each pass has an AVX2 kernel, chosen at run
+// time, and a portable one; both give the same bytes.
 #include <ATen/ATen.h>
 #include <ATen/OpMathType.h>
 #include <ATen/Parallel.h>
 #include <torch/library.h>
 
 #include <algorithm>
+#include <atomic>
 #include <cstdlib>
 #include <cmath>
 #include <cstdint>
-#include <limits>
+#include <type_traits>
 #include <vector>
 
 #if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
@@ -222,32 +225,78 @@ __attribute__((target("avx2"))) void hpass_block_avx2(const uint8_t* const* line
   }
 }
 
+// Vertical pass of one output row, 16 columns per step. For float32 output the normalisation is
+// computed in vectors with the same IEEE operations as the table (double multiply, rounding to
+// float, float subtract and divide), so the values are identical; other dtypes use the table.
 template <typename scalar_t>
 __attribute__((target("avx2"))) void vpass_row_avx2(const uint8_t* base, int64_t n, const int32_t* k, int64_t C,
-                                                    const scalar_t* table, scalar_t* out, int64_t plane) {
+                                                    const scalar_t* table, scalar_t* out, int64_t plane,
+                                                    const float* mean, const float* stdv, double scale) {
   const __m256i round = _mm256_set1_epi32(1 << (kPrecisionBits - 1));
-  alignas(32) int32_t res[8];
+  const __m256i zero = _mm256_setzero_si256(), v255 = _mm256_set1_epi32(255);
+  const __m256d sc = _mm256_set1_pd(scale);
+  alignas(32) int32_t res[16];
   for (int64_t c = 0; c < 3; ++c) {
     const scalar_t* tab = table + c * 256;
+    const __m256 m = _mm256_set1_ps(mean[c]), sd = _mm256_set1_ps(stdv[c]);
+    scalar_t* oc = out + c * plane;
     int64_t x = 0;
-    for (; x + 8 <= C; x += 8) {
-      __m256i a = round;
+    for (; x + 16 <= C; x += 16) {
+      __m256i a0 = round, a1 = round;
       const uint8_t* p = base + c * C + x;
       for (int64_t i = 0; i < n; ++i) {
-        const __m128i v = _mm_loadl_epi64(reinterpret_cast<const __m128i*>(p + i * 3 * C));
-        a = _mm256_add_epi32(a, _mm256_mullo_epi32(_mm256_cvtepu8_epi32(v), _mm256_set1_epi32(k[i])));
+        const __m128i v = _mm_loadu_si128(reinterpret_cast<const __m128i*>(p + i * 3 * C));
+        const __m256i kk = _mm256_set1_epi32(k[i]);
+        a0 = _mm256_add_epi32(a0, _mm256_mullo_epi32(_mm256_cvtepu8_epi32(v), kk));
+        a1 = _mm256_add_epi32(a1, _mm256_mullo_epi32(_mm256_cvtepu8_epi32(_mm_srli_si128(v, 8)), kk));
       }
-      _mm256_store_si256(reinterpret_cast<__m256i*>(res), a);
-      for (int l = 0; l < 8; ++l) out[c * plane + x + l] = tab[clip8(res[l])];
+      if constexpr (std::is_same_v<scalar_t, float>) {
+        const __m256i q[2] = {a0, a1};
+        for (int h = 0; h < 2; ++h) {
+          // clip8 == clamp(v >> 22, 0, 255)
+          const __m256i u = _mm256_min_epi32(_mm256_max_epi32(_mm256_srai_epi32(q[h], kPrecisionBits), zero), v255);
+          const __m128 lo = _mm256_cvtpd_ps(_mm256_mul_pd(_mm256_cvtepi32_pd(_mm256_castsi256_si128(u)), sc));
+          const __m128 hi = _mm256_cvtpd_ps(_mm256_mul_pd(_mm256_cvtepi32_pd(_mm256_extracti128_si256(u, 1)), sc));
+          const __m256 f = _mm256_insertf128_ps(_mm256_castps128_ps256(lo), hi, 1);
+          _mm256_storeu_ps(oc + x + 8 * h, _mm256_div_ps(_mm256_sub_ps(f, m), sd));
+        }
+      } else {
+        _mm256_store_si256(reinterpret_cast<__m256i*>(res), a0);
+        _mm256_store_si256(reinterpret_cast<__m256i*>(res + 8), a1);
+        for (int l = 0; l < 16; ++l) oc[x + l] = tab[clip8(res[l])];
+      }
     }
     for (; x < C; ++x) {
       int32_t s = 1 << (kPrecisionBits - 1);
       for (int64_t i = 0; i < n; ++i) s += base[i * 3 * C + c * C + x] * k[i];
-      out[c * plane + x] = tab[clip8(s)];
+      oc[x] = tab[clip8(s)];
     }
   }
 }
 #endif
+
+// Runs fn(begin, end) over [0, n) in pieces of `piece` handed out dynamically from an atomic
+// counter: when a thread is slow (e.g. descheduled on a busy machine) the others take its share,
+// instead of the whole op waiting for a static half of the work. `cost` is the work of one item
+// (multiply-adds); each extra thread must get at least kMinThreadWork of it, because waking a
+// thread costs far more than a small job on a loaded machine.
+constexpr double kMinThreadWork = 4e6;
+
+template <typename F>
+void parallel_dynamic(int64_t n, int64_t piece, double cost, const F& fn) {
+  if (n <= 0) return;
+  const double by_work = std::floor(static_cast<double>(n) * cost / kMinThreadWork);
+  const int64_t workers = std::min<int64_t>({static_cast<int64_t>(at::get_num_threads()), (n + piece - 1) / piece,
+                                             static_cast<int64_t>(std::min(by_work, 1e6))});
+  if (workers <= 1 || at::in_parallel_region()) {
+    fn(0, n);
+    return;
+  }
+  std::atomic<int64_t> next{0};
+  at::parallel_for(0, workers, 1, [&](int64_t, int64_t) {
+    for (int64_t b = next.fetch_add(piece); b < n; b = next.fetch_add(piece)) fn(b, std::min(n, b + piece));
+  });
+}
 
 // AVX2 kernels are used when the CPU has them, unless SLOTVLM_DISABLE_AVX2=1 (tests compare both).
 bool use_avx2() {
@@ -305,59 +354,78 @@ at::Tensor clip_preprocess(const at::Tensor& frames, int64_t size, int64_t crop_
   // The per-channel output table reproduces transformers' arithmetic: x * scale in double, cast
   // to float32, then (x - mean) / std in float32.
   std::vector<float> lut(3 * 256);
+  const float meanf[3] = {static_cast<float>(mean[0]), static_cast<float>(mean[1]), static_cast<float>(mean[2])};
+  const float stdf[3] = {static_cast<float>(std[0]), static_cast<float>(std[1]), static_cast<float>(std[2])};
   for (int c = 0; c < 3; ++c) {
-    const float m = static_cast<float>(mean[c]), s = static_cast<float>(std[c]);
+    const float m = meanf[c], s = stdf[c];
     for (int v = 0; v < 256; ++v) lut[c * 256 + v] = (static_cast<float>(static_cast<double>(v) * scale) - m) / s;
   }
   const uint8_t* src = in.data_ptr<uint8_t>();
   const bool avx2 = use_avx2();
   const int64_t j0 = th.first[0];
   const int64_t NJ = th.first[C - 1] + th.len[C - 1] - j0;  // input columns [j0, j0 + NJ) are read
-  // Frames are processed in chunks so that the intermediate image stays near 16 MB.
-  const int64_t chunk = std::max<int64_t>(1, (int64_t{16} << 20) / (R * C * 3));
-  std::vector<uint8_t> tmp(static_cast<size_t>(std::min(chunk, T) * R * C * 3));  // [t][r][3][C]
+  const int64_t nblk = (R + kLanes - 1) / kLanes;            // blocks of input rows of the H pass
+  const double hcost = static_cast<double>(kLanes * C * 3 * th.ksize);  // multiply-adds per block
+  const double vcost = static_cast<double>(C * 3 * tv.ksize);           // multiply-adds per output row
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, dtype, "clip_preprocess", [&] {
     std::vector<scalar_t> table(lut.begin(), lut.end());
     scalar_t* dst = out.data_ptr<scalar_t>();
-    for (int64_t t0 = 0; t0 < T; t0 += chunk) {
-      const int64_t nt = std::min(chunk, T - t0);
-      // Pass 1 (horizontal): tmp[t, r] = the crop's columns of input row row0 + r, planar.
-      const int64_t nblk = (R + kLanes - 1) / kLanes;
-      at::parallel_for(0, nt * nblk, 1, [&](int64_t begin, int64_t end) {
+    // Pass 1 (horizontal) of frame t, row blocks [b0, b1): tmp[r] = the crop's columns of input
+    // row row0 + r, planar [3][C]. buf: the AVX2 kernel's scratch.
+    auto hpass = [&](int64_t t, int64_t b0, int64_t b1, uint8_t* tmp, uint32_t* buf) {
+      for (int64_t b = b0; b < b1; ++b) {
+        const int64_t r0 = b * kLanes, nr = std::min(kLanes, R - r0);
+        const uint8_t* lines[kLanes];
+        uint8_t* outs[kLanes];
+        for (int64_t l = 0; l < nr; ++l) {
+          lines[l] = src + ((t * H) + row0 + r0 + l) * W * 3;
+          outs[l] = tmp + (r0 + l) * 3 * C;
+        }
+#ifdef SLOTVLM_HAVE_AVX2_KERNELS
+        if (avx2) {
+          hpass_block_avx2(lines, nr, th, C, j0, NJ, W, buf, outs);
+          continue;
+        }
+#endif
+        for (int64_t l = 0; l < nr; ++l) hpass_row_scalar(lines[l], th, C, outs[l]);
+      }
+    };
+    // Pass 2 (vertical) of frame t, output rows [y0, y1), then rescale + normalise, into [T, 3, C, C].
+    auto vpass = [&](int64_t t, int64_t y0, int64_t y1, const uint8_t* tmp) {
+      for (int64_t y = y0; y < y1; ++y) {
+        const int32_t* k = tv.w.data() + y * tv.ksize;
+        const uint8_t* base = tmp + (tv.first[y] - row0) * 3 * C;
+        scalar_t* o = dst + (t * 3 * C + y) * C;
+#ifdef SLOTVLM_HAVE_AVX2_KERNELS
+        if (avx2) {
+          vpass_row_avx2<scalar_t>(base, tv.len[y], k, C, table.data(), o, C * C, meanf, stdf, scale);
+          continue;
+        }
+#endif
+        vpass_row_scalar<scalar_t>(base, tv.len[y], k, C, table.data(), o, C * C);
+      }
+    };
+    const int64_t threads = at::get_num_threads();
+    if (T >= 2 * threads) {
+      // Many frames: each thread resizes whole frames, its intermediate image stays in cache.
+      parallel_dynamic(T, 1, nblk * hcost + C * vcost, [&](int64_t begin, int64_t end) {
+        std::vector<uint8_t> tmp(static_cast<size_t>(R * 3 * C));
         std::vector<uint32_t> buf(avx2 ? static_cast<size_t>(NJ * kLanes) : 0);
-        for (int64_t tb = begin; tb < end; ++tb) {
-          const int64_t tl = tb / nblk, r0 = (tb % nblk) * kLanes, nr = std::min(kLanes, R - r0);
-          const uint8_t* lines[kLanes];
-          uint8_t* outs[kLanes];
-          for (int64_t l = 0; l < nr; ++l) {
-            lines[l] = src + (((t0 + tl) * H) + row0 + r0 + l) * W * 3;
-            outs[l] = tmp.data() + (tl * R + r0 + l) * 3 * C;
-          }
-#ifdef SLOTVLM_HAVE_AVX2_KERNELS
-          if (avx2) {
-            hpass_block_avx2(lines, nr, th, C, j0, NJ, W, buf.data(), outs);
-            continue;
-          }
-#endif
-          for (int64_t l = 0; l < nr; ++l) hpass_row_scalar(lines[l], th, C, outs[l]);
+        for (int64_t t = begin; t < end; ++t) {
+          hpass(t, 0, nblk, tmp.data(), buf.data());
+          vpass(t, 0, C, tmp.data());
         }
       });
-      // Pass 2 (vertical), then rescale + normalise through the table, written as [T, 3, C, C].
-      at::parallel_for(0, nt * C, 8, [&](int64_t begin, int64_t end) {
-        for (int64_t ty = begin; ty < end; ++ty) {
-          const int64_t tl = ty / C, y = ty % C;
-          const int32_t* k = tv.w.data() + y * tv.ksize;
-          const uint8_t* base = tmp.data() + (tl * R + (tv.first[y] - row0)) * 3 * C;
-          scalar_t* o = dst + ((t0 + tl) * 3 * C + y) * C;
-#ifdef SLOTVLM_HAVE_AVX2_KERNELS
-          if (avx2) {
-            vpass_row_avx2<scalar_t>(base, tv.len[y], k, C, table.data(), o, C * C);
-            continue;
-          }
-#endif
-          vpass_row_scalar<scalar_t>(base, tv.len[y], k, C, table.data(), o, C * C);
-        }
-      });
+    } else {
+      // Few (large) frames: the threads share each frame's rows.
+      std::vector<uint8_t> tmp(static_cast<size_t>(R * 3 * C));
+      for (int64_t t = 0; t < T; ++t) {
+        parallel_dynamic(nblk, 2, hcost, [&](int64_t begin, int64_t end) {
+          std::vector<uint32_t> buf(avx2 ? static_cast<size_t>(NJ * kLanes) : 0);
+          hpass(t, begin, end, tmp.data(), buf.data());
+        });
+        parallel_dynamic(C, 16, vcost, [&](int64_t begin, int64_t end) { vpass(t, begin, end, tmp.data()); });
+      }
     }
   });
   return out;
@@ -393,8 +461,9 @@ std::tuple<at::Tensor, at::Tensor> slowfast_pool(const at::Tensor& features, int
     const scalar_t* src = x.data_ptr<scalar_t>();
     scalar_t* dst = fast.data_ptr<scalar_t>();
     const acc_t inv = acc_t(1) / static_cast<acc_t>(stride * stride);
-    const int64_t grain = std::max<int64_t>(1, 32768 / std::max<int64_t>(1, D * stride * stride));
-    at::parallel_for(0, B * T * Ho * Wo, grain, [&](int64_t begin, int64_t end) {
+    // Pieces of about 1M additions: waking threads for less costs more than it saves.
+    const int64_t piece = std::max<int64_t>(1, (int64_t{1} << 20) / std::max<int64_t>(1, D * stride * stride));
+    parallel_dynamic(B * T * Ho * Wo, piece, static_cast<double>(D * stride * stride), [&](int64_t begin, int64_t end) {
       std::vector<acc_t> acc(static_cast<size_t>(D));
       for (int64_t o = begin; o < end; ++o) {
         const int64_t bt = o / (Ho * Wo), rem = o % (Ho * Wo), oy = rem / Wo, ox = rem % Wo;
