@@ -24,6 +24,8 @@ _LAZY = {
     "SlotVLM": "slotvlm.model.modeling",
     "SlotVLMConfig": "slotvlm.model.config",
     "SlowFastSlots": "slotvlm.model.slowfast",
+    "FeatureCache": "slotvlm.data.features",
+    "TrainConfig": "slotvlm.train.trainer",
     "load_video": "slotvlm.video",
     "preprocess": "slotvlm.video",
     "VideoError": "slotvlm.video",

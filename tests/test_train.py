@@ -107,6 +107,12 @@ def test_synth_is_deterministic_and_answers_match_the_pixels(tmp_path):
                 assert seen == answer, (question, dx, dy)
                 checked += 1
     assert checked >= 8
+    # Order questions are well posed: appearances >= 1.5 s apart (1 fps sampling sees them), also in short clips.
+    rng = np.random.default_rng(0)
+    for seconds in (2.0, 3.0, 8.0):
+        for _ in range(50):
+            ap = sorted(o.appear for o in synth.make_scene(rng, "x", seconds, 64).objects)
+            assert all(b - a >= 1.5 - 1e-9 for a, b in zip(ap, ap[1:])) and ap[-1] <= 0.75 * seconds
     with pytest.raises(ValueError, match="videos"):
         synth.generate(str(tmp_path / "x"), 1)
     with pytest.raises(ValueError, match="size"):
@@ -258,7 +264,7 @@ def test_pipeline_synth_extract_init_three_stages_under_torchrun(tmp_path, tiny,
     _torchrun("train", "--stage", 2, "--branch", "slow", "--model", s1, "--features", cache, "--data", instr,
               "--out", s2, "--max-steps", 2, "--batch-size", 4)
     _torchrun("train", "--stage", 3, "--model", s1, s2, "--features", cache, "--data", instr, "--out", s3,
-              "--max-steps", 2, "--batch-size", 4)
+              "--max-steps", 2, "--batch-size", 4, "--fsdp")  # the frozen LLM's layers sharded over the 2 ranks
     m2 = SlotVLM.from_pretrained(str(s2), device="cpu")
     assert (m2.config.use_slow, m2.config.use_fast, m2.config.num_tokens) == (True, False, 64)
     m3 = SlotVLM.from_pretrained(str(s3), device="cpu").eval()
@@ -275,3 +281,16 @@ def test_pipeline_synth_extract_init_three_stages_under_torchrun(tmp_path, tiny,
         emb = m3.encode_features(slow=f["slow"][None].float(), fast=[f["fast"].float()])
     assert emb.shape == (1, 192, 64)
     assert isinstance(m3.generate(emb, ["What color is the circle?"], max_new_tokens=3)[0], str)
+
+
+def test_list_videos_from_folder_and_list_file(tmp_path):
+    from slotvlm.data.features import list_videos
+
+    (tmp_path / "b.mp4").write_bytes(b"")
+    (tmp_path / "a.MKV").write_bytes(b"")
+    (tmp_path / "notes.txt").write_text("x")
+    assert list_videos(str(tmp_path)) == [str(tmp_path / "a.MKV"), str(tmp_path / "b.mp4")]
+    (tmp_path / "list.txt").write_text("# train split\nb.mp4\n/abs/c.mp4  # absolute\n\n")
+    assert list_videos(str(tmp_path / "list.txt")) == [str(tmp_path / "b.mp4"), "/abs/c.mp4"]
+    with pytest.raises(ValueError, match="videos"):
+        list_videos(str(tmp_path / "missing"))

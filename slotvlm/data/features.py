@@ -43,17 +43,10 @@ FORMAT_VERSION = "1"
 
 # ---------------------------------------------------------------------------------------------- video
 def _video_runtime():
-    """``(load_video, preprocess, slowfast_pool)`` from the video runtime :mod:`slotvlm.video`;
-    without it, the model package's equivalents (PyAV decoding, torch pre-processing and pooling)."""
-    try:
-        from .. import video  # noqa: PLC0415
+    """``(load_video, preprocess, slowfast_pool)`` of the video runtime :mod:`slotvlm.video`."""
+    from .. import video  # noqa: PLC0415
 
-        return video.load_video, video.preprocess, video.slowfast_pool
-    except ImportError:
-        from ..model._video import load_video, preprocess  # noqa: PLC0415
-        from ..model.slowfast import _slowfast_pool  # noqa: PLC0415
-
-        return load_video, preprocess, lambda f, num_slow, stride: _slowfast_pool(f, num_slow, stride)
+    return video.load_video, video.preprocess, video.slowfast_pool
 
 
 def list_videos(videos: str | Sequence[str]) -> list[str]:
@@ -110,10 +103,9 @@ class VisionEncoder:
         self.batch_size = batch_size
         self.layer = layer
         self.name = str(vision)
-        try:
-            model = CLIPVisionModel.from_pretrained(vision, dtype=dtype, attn_implementation="sdpa")
-        except TypeError:  # transformers < 4.56 names it torch_dtype
-            model = CLIPVisionModel.from_pretrained(vision, torch_dtype=dtype, attn_implementation="sdpa")
+        from ..model.modeling import _dtype_kwarg  # noqa: PLC0415  ("dtype" or, before 4.56, "torch_dtype")
+
+        model = CLIPVisionModel.from_pretrained(vision, **{_dtype_kwarg(): dtype}, attn_implementation="sdpa")
         self.model = model.to(self.device).eval().requires_grad_(False)
         cfg = self.model.config
         self.image_size = cfg.image_size
@@ -319,6 +311,7 @@ def extract(
 
 
 def _slow_indices(num_frames: int, num_slow: int) -> torch.Tensor:
-    from .._ext import ops  # noqa: PLC0415  (the sampling op slowfast_pool uses for the slow frames)
+    """The frames ``slowfast_pool`` keeps for the object branch."""
+    from ..video import uniform_indices  # noqa: PLC0415
 
-    return ops.uniform_indices(int(num_frames), int(num_slow), True)
+    return uniform_indices(num_frames, num_slow, allow_repeat=True)

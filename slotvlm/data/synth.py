@@ -88,14 +88,15 @@ class Scene:
 
 def make_scene(rng: np.random.Generator, video_id: str, seconds: float, size: int) -> Scene:
     """Draw a random scene: 1–3 objects, distinct shapes and colours, staggered appearances."""
-    n = int(rng.integers(1, 4))
+    # Appearance times spaced >= 1.5 s so the order survives 1 fps sampling; the first at t=0, the
+    # last by 75 % of the clip (so it is seen moving): short clips hold fewer objects.
+    n_max = min(3, 1 + int(seconds * 0.75 / 1.5 + 1e-9))
+    n = int(rng.integers(1, n_max + 1))
     shapes = rng.permutation(SHAPES)[:n]
     colours = list(rng.permutation(list(COLOURS)))
-    # Appearance times spaced >= 1.5 s so the order survives 1 fps sampling; the first at t=0.
-    span = max(seconds * 0.6, 1.5 * (n - 1))
+    span = min(max(seconds * 0.6, 1.5 * (n - 1)), seconds * 0.75)
     gaps = np.sort(rng.uniform(0, 1, size=n - 1)) if n > 1 else np.array([])
     appear = [0.0] + [float(round(1.5 * (i + 1) + g * (span - 1.5 * (n - 1)), 2)) for i, g in enumerate(gaps)]
-    appear = [min(a, seconds * 0.75) for a in appear]
     objects = []
     radius = size / 10
     margin = radius + 2
