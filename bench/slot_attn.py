@@ -29,14 +29,9 @@ provider, so speedups are time ratios); ms is the median of ``triton.testing.do_
 from __future__ import annotations
 
 import argparse
-import csv
 import datetime as _dt
 import os
-import platform
-import re
-import subprocess
 import sys
-import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -45,7 +40,8 @@ sys.path.insert(0, str(ROOT))  # run from a checkout without installing
 
 import torch  # noqa: E402
 
-COLUMNS = "timestamp,commit,device,torch,triton,shape,mode,provider,dtype,ms,tflops,gbps,peak_mem_mb".split(",")
+sys.path.insert(0, str(ROOT / "bench"))
+from _common import append_rows, commit, device_name, time_cpu, time_gpu, triton_version  # noqa: E402
 PROVIDERS = ("slotvlm", "eager", "compile", "slot-attention")
 EXTRA_PROVIDERS = ("slotvlm-kv",)  # on request: the Triton step on explicit k/v (no projection folding)
 MODES = ("fwd", "fwd+bwd", "step-fwd", "step-fwd+bwd")
@@ -264,33 +260,6 @@ def make_case(shape: Shape, provider: str, mode: str, device, dtype):
 
 
 # ---------------------------------------------------------------------------------- timing
-def time_gpu(fn) -> tuple[float, float, float, float]:
-    """(median ms, p20, p80, peak MiB) with triton.testing.do_bench."""
-    import triton
-
-    fn()  # compile / autotune outside the measurement
-    torch.cuda.synchronize()
-    torch.cuda.reset_peak_memory_stats()
-    fn()
-    torch.cuda.synchronize()
-    peak = torch.cuda.max_memory_allocated() / 2**20
-    med, p20, p80 = triton.testing.do_bench(fn, warmup=25, rep=100, quantiles=[0.5, 0.2, 0.8])
-    return med, p20, p80, peak
-
-
-def time_cpu(fn, budget_s: float = 0.3, max_reps: int = 10) -> tuple[float, float, float, float | None]:
-    """(median ms, p20, p80, None) from repeated wall-clock runs after one warm-up."""
-    fn()
-    times = []
-    start = time.perf_counter()
-    while len(times) < 3 or (time.perf_counter() - start < budget_s and len(times) < max_reps):
-        t0 = time.perf_counter()
-        fn()
-        times.append((time.perf_counter() - t0) * 1e3)
-    q = torch.tensor(times).quantile(torch.tensor([0.5, 0.2, 0.8])).tolist()
-    return q[0], q[1], q[2], None
-
-
 def _release(cuda: bool, provider: str) -> None:
     """Free the previous case's tensors (and compiled graphs) so peak memory is per case."""
     import gc
@@ -303,39 +272,6 @@ def _release(cuda: bool, provider: str) -> None:
 
 
 # ------------------------------------------------------------------------------- reporting
-def device_name(device) -> str:
-    if torch.device(device).type == "cuda":
-        return torch.cuda.get_device_name(torch.device(device))
-    model = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                model = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return f"CPU {model} x{os.cpu_count()}"
-
-
-def commit() -> str:
-    try:
-        out = subprocess.run(
-            ["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True, timeout=10
-        )
-        return out.stdout.strip() or "unknown"
-    except (OSError, subprocess.SubprocessError):
-        return "unknown"
-
-
-def triton_version() -> str:
-    try:
-        import triton
-
-        return triton.__version__
-    except ImportError:
-        return "none"
-
-
 def roofline(device: str, dtype: torch.dtype):
     if dtype not in (torch.bfloat16, torch.float16):
         return None
@@ -408,7 +344,7 @@ def _run(args) -> int:
             for provider in sorted(args.providers, key=lambda p: p != "eager"):  # eager first: the ratio base
                 try:
                     fn = make_case(shape, provider, mode, device, dtype)
-                    ms, p20, p80, peak = (time_gpu if cuda else time_cpu)(fn)
+                    ms, p20, p80, peak = time_gpu(fn) if cuda else time_cpu(fn, budget_s=0.3, max_reps=10)
                     del fn
                     _release(cuda, provider)
                 except Skip as why:
@@ -457,14 +393,7 @@ def _run(args) -> int:
     if not cuda:
         print("\nThe GPU-only rows above were skipped because this machine has no CUDA GPU.")
     if rows and not args.no_csv:
-        path = Path(args.csv) if args.csv else ROOT / "bench" / "results" / (re.sub(r"[^a-z0-9]+", "-", dev_name.lower()).strip("-") + ".csv")
-        path.parent.mkdir(parents=True, exist_ok=True)
-        new = not path.exists() or path.stat().st_size == 0
-        with path.open("a", newline="") as fh:
-            writer = csv.DictWriter(fh, fieldnames=COLUMNS)
-            if new:
-                writer.writeheader()
-            writer.writerows(rows)
+        path = append_rows(rows, dev_name, args.csv)
         print(f"\nappended {len(rows)} rows to {path}")
     return 0
 

@@ -84,7 +84,7 @@ def test_synth_is_deterministic_and_answers_match_the_pixels(tmp_path):
     for scene in meta["scenes"]:
         with av.open(str(a / "videos" / f"{scene['video_id']}.mp4")) as cont:
             frames = [f.to_ndarray(format="rgb24") for f in cont.decode(video=0)]
-        first, last = _palette_masks(frames[0]), _palette_masks(frames[-1])
+        last = _palette_masks(frames[-1])
         qa = synth.questions_for(synth.Scene(scene["video_id"], scene["seconds"], scene["size"],
                                              [synth.SynthObject(**o) for o in scene["objects"]]))
         for kind, question, answer in qa:

@@ -2,7 +2,6 @@
 index i as two grey blocks), plus broken and non-video files."""
 from __future__ import annotations
 
-import os
 from fractions import Fraction
 
 import numpy as np

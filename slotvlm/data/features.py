@@ -29,10 +29,9 @@ from __future__ import annotations
 import json
 import os
 import time
-from typing import Iterable, Sequence
+from typing import Sequence
 
 import torch
-import torch.nn.functional as F
 
 VIDEO_EXTENSIONS = (".mp4", ".mkv", ".avi", ".webm", ".mov", ".m4v")
 SUFFIX = ".safetensors"

@@ -38,7 +38,6 @@ from dataclasses import asdict, dataclass, field
 
 import numpy as np
 import torch
-import torch.distributed as dist
 
 from .. import distributed
 from ..data.features import FeatureCache
