@@ -6,13 +6,16 @@ Each subcommand lives in ``slotvlm/commands/<name>.py`` and defines::
     def add_arguments(parser: argparse.ArgumentParser) -> None: ...
     def run(args: argparse.Namespace) -> int: ...          # the exit status
 
-Modules are imported only when their subcommand runs (``--help`` stays fast).
+Modules are imported only when their subcommand runs (``--help`` stays fast). A ``ValueError`` or
+``FileNotFoundError`` raised by ``run`` (bad input) is printed as ``slotvlm <name>: error: ...``
+with exit status 2; ``SLOTVLM_TRACEBACK=1`` shows the traceback instead.
 """
 from __future__ import annotations
 
 import argparse
 import importlib
 import importlib.util
+import os
 import sys
 
 # In the order `slotvlm --help` lists them.
@@ -62,7 +65,15 @@ def main(argv: list[str] | None = None) -> int:
         parser.print_help()
         return 2
     module = importlib.import_module(f"slotvlm.commands.{args.command}")
-    return int(module.run(args) or 0)
+    try:
+        return int(module.run(args) or 0)
+    except (ValueError, FileNotFoundError) as exc:
+        # Bad input (arguments, files, model folders, videos): one line, no traceback, exit 2.
+        if os.environ.get("SLOTVLM_TRACEBACK") == "1":
+            raise
+        print(f"slotvlm {args.command}: error: {exc}", file=sys.stderr)
+        print("(set SLOTVLM_TRACEBACK=1 to see the traceback)", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

@@ -8,6 +8,7 @@ import os
 import re
 import subprocess
 import sys
+from collections import Counter
 
 import pytest
 
@@ -123,7 +124,10 @@ def test_resume_after_interrupt_equals_uninterrupted(env, reference, tmp_path):
                     max_new_tokens=6, progress=False)
     assert stats["skipped"] == 3 and stats["answered"] == 2 * PER_VIDEO - 3
     assert len(second.asked) == 2 * PER_VIDEO - 3  # only the rest were generated
-    assert not set(second.asked) & {r["question"] for r in done.values()}
+    # nothing asked twice: what the second run asked plus what the first had written is exactly
+    # the whole set (as a multiset: different videos can share a question text)
+    all_questions = Counter(it.question for it in env["items"] if it.video != MISSING)
+    assert Counter(second.asked) + Counter(r["question"] for r in done.values()) == all_questions
     merge_shards(out, env["items"])
     assert read_jsonl(out) == read_jsonl(reference[0])  # deterministic, nothing lost or doubled
     # a third run has nothing left but the missing video, which is retried (and fails again)
@@ -211,6 +215,7 @@ def test_end_to_end_torchrun_predict_then_judge(env, reference, tmp_path):
     rows = read_jsonl(preds)
     assert len(rows) == 2 * PER_VIDEO
     malformed_q = rows[0]["question"]
+    n_malformed = sum(r["question"] == malformed_q for r in rows)  # the text may recur on another video
 
     def script(question, n):
         if question == malformed_q:
@@ -237,9 +242,9 @@ def test_end_to_end_torchrun_predict_then_judge(env, reference, tmp_path):
     res = json.loads((out / "results.json").read_text())
     assert res["yes"] == sum(v == "yes" for v, _ in judged)
     assert res["no"] == sum(v == "no" for v, _ in judged)
-    assert res["failed"] == 1 and res["total"] == 2 * PER_VIDEO
+    assert res["failed"] == n_malformed and res["total"] == 2 * PER_VIDEO
     assert res["accuracy"] == pytest.approx(res["yes"] / (res["yes"] + res["no"]))
     assert res["score"] == pytest.approx(sum(s for _, s in judged) / len(judged))
     assert res["judge_model"] == "pinned-judge" and res["date"]
-    assert server.asked().count(malformed_q) == 2
+    assert server.asked().count(malformed_q) == 2 * n_malformed  # asked once, retried once
     assert "pinned-judge" in (out / "results.md").read_text()

@@ -2,8 +2,6 @@
 from __future__ import annotations
 
 import argparse
-import functools
-import sys
 
 
 def add_device_args(parser: argparse.ArgumentParser) -> None:
@@ -22,19 +20,3 @@ def load_model(args: argparse.Namespace):
     return SlotVLM.from_pretrained(args.model, device=args.device, dtype=args.dtype, backend=args.backend)
 
 
-def reports_errors(name: str):
-    """Decorator for ``run``: a ``ValueError`` (bad input, unreadable video, bad model folder) is
-    printed as ``slotvlm <name>: error: ...`` and gives exit status 2 instead of a traceback."""
-
-    def wrap(run):
-        @functools.wraps(run)
-        def inner(args):
-            try:
-                return run(args)
-            except ValueError as exc:
-                print(f"slotvlm {name}: error: {exc}", file=sys.stderr)
-                return 2
-
-        return inner
-
-    return wrap

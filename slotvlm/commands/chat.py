@@ -4,7 +4,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from ._model_args import add_device_args, load_model, reports_errors
+from ._model_args import add_device_args, load_model
 
 HELP = "answer questions about a video with a Slot-VLM (one question, or an interactive session)"
 
@@ -21,7 +21,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_device_args(parser)
 
 
-@reports_errors("chat")
 def run(args: argparse.Namespace) -> int:
     model = load_model(args)
     model.eval()

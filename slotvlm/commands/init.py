@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import argparse
 
-from ._model_args import add_device_args, reports_errors
+from ._model_args import add_device_args
 
 HELP = "create a fresh, untrained Slot-VLM from a CLIP and a causal LM (hub ids or local paths)"
 
@@ -33,7 +33,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_device_args(parser)
 
 
-@reports_errors("init")
 def run(args: argparse.Namespace) -> int:
     from ..model import SlotVLM, SlotVLMConfig  # noqa: PLC0415
 

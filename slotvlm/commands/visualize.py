@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import argparse
 
-from ._model_args import add_device_args, load_model, reports_errors
+from ._model_args import add_device_args, load_model
 
 HELP = "draw the object-slot masks on each sampled frame and the event-slot masks over time (PNG)"
 
@@ -17,7 +17,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_device_args(parser)
 
 
-@reports_errors("visualize")
 def run(args: argparse.Namespace) -> int:
     from ..model.visualize import visualize_video  # noqa: PLC0415
 
