@@ -10,10 +10,12 @@ from __future__ import annotations
 
 import importlib
 
+import torch  # noqa: F401  (loads libtorch, which the C++ extension slotvlm._C links against)
+
 __version__ = "0.1.0"
 
-# Public names, imported on first use so that ``import slotvlm`` stays light (no transformers,
-# no triton, no av until needed).
+# Public names, imported on first use so that ``import slotvlm`` stays light (torch only: no
+# transformers, no triton, no av until needed).
 _LAZY = {
     "SlotAttention": "slotvlm.nn.slot_attention",
     "MultiHeadSlotAttention": "slotvlm.nn.slot_attention",

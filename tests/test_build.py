@@ -35,11 +35,12 @@ def test_ci_runs_the_readme_test_command():
     assert out.stdout.strip() == quick_start_commands()[1]
 
 
-def test_extension_imports():
-    import slotvlm._C  # noqa: F401
-    import torch
-
-    assert hasattr(torch.ops.slotvlm, "uniform_indices")
+def test_extension_imports_in_a_fresh_process():
+    # exactly the line users run: the package must load libtorch before the extension needs it
+    code = "import slotvlm, slotvlm._C, torch; print(torch.ops.slotvlm.uniform_indices(5, 2).tolist())"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "[0, 4]"
 
 
 def test_import_is_light():
