@@ -88,8 +88,9 @@ def run(args: argparse.Namespace) -> int:
             retry_failed=args.retry_failed,
             progress=not args.no_progress,
         )
-    except JudgeConfigError as e:
-        print(f"slotvlm judge: {e}", file=sys.stderr)
+    except JudgeConfigError as e:  # also JudgeUnreachableError: the run stopped, verdicts so far are saved
+        print(f"slotvlm judge: error: {e}; verdicts received so far are saved in {args.out}, rerun to continue",
+              file=sys.stderr)
         return 2
     acc = "n/a" if res["accuracy"] is None else f"{100 * res['accuracy']:.1f}%"
     score = "n/a" if res["score"] is None else f"{res['score']:.2f}"

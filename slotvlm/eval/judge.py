@@ -5,35 +5,36 @@ A judge model reads (question, correct answer, predicted answer) and replies wit
 the scores. Everything that can go wrong is bounded and recorded:
 
 - replies are parsed leniently (Python-literal dicts, JSON, code fences, text around the dict);
-  an unparseable reply is asked again at most ``max_retries`` times, then the question is counted
+  an unparseable or ambiguous (conflicting verdicts) reply is asked again at most ``max_retries`` times, then the question is counted
   as ``failed`` — never dropped, never retried forever;
-- HTTP timeouts, connection errors, 429 and 5xx are retried with bounded exponential backoff;
+- HTTP timeouts (a total deadline per request), dropped connections, 429 and 5xx are retried
+  with bounded exponential backoff; a refused connection, a redirect or HTTP 401/403/404 stop
+  the run at once (no credentials ever follow a redirect);
 - every verdict is appended (and flushed) to ``DIR/verdicts.jsonl`` as soon as it arrives, so an
   interrupted run resumes where it stopped; the cache is tied to the pinned judge model name;
 - requests run on a bounded thread pool.
 
 Backends: :class:`OpenAIChatJudge` (any OpenAI-compatible ``/chat/completions`` endpoint, plain
-HTTP(S) through ``urllib``, temperature 0) and :class:`LocalJudge` (a transformers causal LM).
+HTTP(S) through ``httpx``, temperature 0) and :class:`LocalJudge` (a transformers causal LM).
 """
 from __future__ import annotations
 
 import ast
+import asyncio
 import concurrent.futures as cf
 import datetime as _dt
 import hashlib
-import http.client
+import http
 import json
 import math
 import os
 import re
 import threading
 import time
-import urllib.error
-import urllib.request
 from pathlib import Path
 from typing import Iterable, Protocol
 
-from ._jsonl import JsonlAppender, read_jsonl
+from ._jsonl import JsonlAppender, iter_jsonl, read_jsonl
 
 DEFAULT_BASE_URL = "https://api.openai.com/v1"
 # A dated snapshot: undated aliases move under you and the numbers drift with them.
@@ -138,12 +139,15 @@ def parse_verdict(reply: str) -> tuple[str, float]:
 
     Accepts Python-literal dicts (``{'pred': 'yes', 'score': 4}``), JSON, either inside code
     fences or surrounded by other text, and as a last resort ``pred: yes ... score: 4`` spelled
-    out. Raises :class:`VerdictError` (a ``ValueError``) otherwise.
+    out. A reply that states more than one verdict (two dicts that disagree, or ``pred: no``
+    in the text next to a dict saying yes) is ambiguous and rejected, never guessed. Raises
+    :class:`VerdictError` (a ``ValueError``) otherwise.
     """
     if not isinstance(reply, str):
         raise VerdictError(f"reply must be a string, got {type(reply).__name__}")
     text = _FENCE.sub("", reply)
     problem = None
+    found: list[tuple[str, float]] = []
     for span in _brace_spans(text):
         for loads in (ast.literal_eval, json.loads):
             try:
@@ -151,13 +155,27 @@ def parse_verdict(reply: str) -> tuple[str, float]:
             except (ValueError, SyntaxError, TypeError, MemoryError, RecursionError):
                 continue
             try:
-                return _validate(obj)
+                found.append(_validate(obj))
             except VerdictError as e:
-                problem = e
-                break
-    m_pred, m_score = _PRED_RE.search(text), _SCORE_RE.search(text)
-    if m_pred and m_score:
-        return _validate({"pred": m_pred.group(1), "score": m_score.group(1)})
+                problem = problem or e
+            break
+    preds = {m.group(1).lower() for m in _PRED_RE.finditer(text)}
+    scores = set()
+    for m in _SCORE_RE.finditer(text):
+        try:
+            scores.add(float(m.group(1)))
+        except ValueError:
+            pass
+    if found:
+        preds |= {p for p, _ in found}
+        scores |= {s for _, s in found}
+        if len(preds) > 1 or len(scores) > 1:
+            raise VerdictError(f"ambiguous reply, it states conflicting verdicts: {reply!r:.300}")
+        return found[0]
+    if preds and scores:
+        if len(preds) > 1 or len(scores) > 1:
+            raise VerdictError(f"ambiguous reply, it states conflicting verdicts: {reply!r:.300}")
+        return _validate({"pred": preds.pop(), "score": scores.pop()})
     raise problem or VerdictError(f"no verdict found in reply {reply!r:.300}")
 
 
@@ -173,19 +191,40 @@ class Judge(Protocol):
         """Reply text and the model name the server says it used (None when unknown)."""
 
 
+class JudgeUnreachableError(JudgeConfigError):
+    """The judge endpoint refused the connection (or its host does not resolve): nothing is
+    listening there, so the run stops at once instead of retrying every question."""
+
+
+# Replies larger than this are not chat completions of a short verdict; reading stops there.
+MAX_RESPONSE_BYTES = 4 << 20
+
+
 class OpenAIChatJudge:
     """Any OpenAI-compatible chat-completions endpoint (OpenAI, Azure-style proxies, vLLM,
-    llama.cpp server, ...), over plain HTTP(S) with ``urllib``.
+    llama.cpp server, ...), over HTTP(S) with ``httpx``.
+
+    Behaviour on the wire (see docs/eval.md):
+
+    - **Deadline**: ``timeout`` is the *total* time of one request (connecting, sending, waiting
+      and reading the whole reply); a server that trickles bytes is cut off when it runs out.
+    - **Retries**: after a timeout, a dropped connection, HTTP 429 or 5xx, at most
+      ``max_retries`` more requests, with exponential backoff from ``backoff`` seconds capped at
+      ``max_backoff`` (a ``Retry-After`` header is honoured within the cap). Then the question
+      counts as failed (``reason == "request"``) and a rerun asks it again.
+    - **Fails fast**: a refused connection or unknown host raises :class:`JudgeUnreachableError`;
+      HTTP 401/403/404 and redirects raise :class:`JudgeConfigError`; both stop the run.
+    - **Credentials**: redirects are never followed, so the ``Authorization`` header only ever
+      goes to the origin of ``base_url``. Error messages never include a response body (a
+      hostile or misconfigured server may echo the key).
 
     Args:
         base_url: e.g. ``https://api.openai.com/v1`` or ``http://127.0.0.1:8000/v1``
             (``/chat/completions`` is appended unless already there).
         model: the pinned model name sent with every request and recorded with every verdict.
         api_key: bearer token; defaults to ``$OPENAI_API_KEY`` (may be empty for local servers).
-        timeout: seconds per HTTP request.
-        max_retries: retries after a timeout, connection error, HTTP 429 or 5xx (so at most
-            ``max_retries + 1`` requests per call), with exponential backoff from ``backoff``
-            seconds capped at ``max_backoff`` (a ``Retry-After`` header is honoured within the cap).
+        timeout: total seconds per HTTP request (> 0).
+        max_retries, backoff, max_backoff: see above (>= 0).
     """
 
     def __init__(
@@ -200,10 +239,13 @@ class OpenAIChatJudge:
         max_backoff: float = 30.0,
         max_tokens: int = 64,
     ):
-        if not isinstance(base_url, str) or not re.match(r"^https?://", base_url):
-            raise ValueError(f"base_url must start with http:// or https://, got {base_url!r}")
+        if not isinstance(base_url, str) or not re.match(r"^https?://[^/?#\s]+", base_url):
+            raise ValueError(f"base_url must start with http:// or https:// and a host, got {base_url!r}")
         if not isinstance(model, str) or not model:
             raise ValueError(f"model must be a non-empty string, got {model!r}")
+        for name, v in (("timeout", timeout), ("backoff", backoff), ("max_backoff", max_backoff)):
+            if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or v < 0:
+                raise ValueError(f"{name} must be a finite number of seconds >= 0, got {v!r}")
         if not timeout > 0:
             raise ValueError(f"timeout must be > 0 seconds, got {timeout!r}")
         if isinstance(max_retries, bool) or not isinstance(max_retries, int) or max_retries < 0:
@@ -218,15 +260,38 @@ class OpenAIChatJudge:
         self.max_backoff = float(max_backoff)
         self.max_tokens = max_tokens
 
-    def _request(self, body: bytes) -> dict:
+    async def _post(self, body: bytes) -> tuple[int, dict, bytes]:
+        import httpx  # noqa: PLC0415
+
         headers = {"Content-Type": "application/json", "Accept": "application/json"}
         if self.api_key:
             headers["Authorization"] = f"Bearer {self.api_key}"
-        req = urllib.request.Request(self.url, data=body, headers=headers, method="POST")
-        with urllib.request.urlopen(req, timeout=self.timeout) as resp:
-            return json.loads(resp.read().decode("utf-8"))
+        # httpx's own timeouts are per operation; the total deadline is the wait_for around this.
+        async with httpx.AsyncClient(follow_redirects=False, trust_env=True, timeout=self.timeout) as client:
+            async with client.stream("POST", self.url, content=body, headers=headers) as resp:
+                data = bytearray()
+                if resp.status_code == 200:
+                    async for chunk in resp.aiter_bytes():
+                        data += chunk
+                        if len(data) > MAX_RESPONSE_BYTES:
+                            raise ValueError(f"reply larger than {MAX_RESPONSE_BYTES} bytes")
+                return resp.status_code, dict(resp.headers), bytes(data)
+
+    def _request(self, body: bytes) -> tuple[int, dict, bytes]:
+        """One HTTP request under the total deadline: ``(status, headers, body)``."""
+        async def bounded():
+            return await asyncio.wait_for(self._post(body), self.timeout)
+
+        try:
+            asyncio.get_running_loop()
+        except RuntimeError:  # the usual case: no event loop in this thread
+            return asyncio.run(bounded())
+        with cf.ThreadPoolExecutor(1) as pool:  # called from async code (e.g. a notebook)
+            return pool.submit(asyncio.run, bounded()).result()
 
     def complete(self, messages: list[dict]) -> tuple[str, str | None]:
+        import httpx  # noqa: PLC0415
+
         body = json.dumps(
             {
                 "model": self.name,
@@ -239,45 +304,78 @@ class OpenAIChatJudge:
         for attempt in range(self.max_retries + 1):
             wait = None
             try:
-                data = self._request(body)
-                content = data["choices"][0]["message"]["content"]
-                if not isinstance(content, str):
-                    raise TypeError(f"message content is {type(content).__name__}")
-                return content, data.get("model")
-            except urllib.error.HTTPError as e:
-                detail = _read_error_body(e)
-                if e.code in (401, 403, 404):
+                status, headers, raw = self._request(body)
+                if status == 200:
+                    data = json.loads(raw.decode("utf-8"))
+                    content = data["choices"][0]["message"]["content"]
+                    if not isinstance(content, str):
+                        raise TypeError(f"message content is {type(content).__name__}")
+                    served = data.get("model")
+                    return content, served if isinstance(served, str) else None
+                what = _status_text(status)
+                if 300 <= status < 400:
                     raise JudgeConfigError(
-                        f"judge endpoint {self.url} answered HTTP {e.code} for model "
-                        f"{self.name!r}: {detail} (check --base-url, --judge-model and "
-                        f"OPENAI_API_KEY)"
-                    ) from None
-                if e.code != 429 and e.code < 500:
-                    raise JudgeRequestError(f"HTTP {e.code}: {detail}") from None
-                last = f"HTTP {e.code}: {detail}"
-                wait = _retry_after(e)
-            except (OSError, http.client.HTTPException) as e:  # timeouts, refused, reset, ...
-                last = f"{type(e).__name__}: {getattr(e, 'reason', e)}"
+                        f"judge endpoint {self.url} answered {what}, a redirect to "
+                        f"{_origin(headers.get('location', ''))}; redirects are not followed (the API key "
+                        f"must not go to another server): pass the final URL as --base-url"
+                    )
+                if status in (401, 403, 404):
+                    raise JudgeConfigError(
+                        f"judge endpoint {self.url} answered {what} for model {self.name!r} (check "
+                        f"--base-url, --judge-model and OPENAI_API_KEY)"
+                    )
+                if status != 429 and status < 500:
+                    raise JudgeRequestError(f"judge endpoint {self.url} answered {what}")
+                last = what
+                wait = _retry_after(headers)
+            except httpx.ConnectError as e:
+                raise JudgeUnreachableError(
+                    f"cannot connect to the judge endpoint {self.url} ({_reason(e)}); is the server "
+                    f"running and --base-url right?"
+                ) from None
+            except (asyncio.TimeoutError, httpx.TimeoutException) as e:
+                last = f"no complete reply within the {self.timeout:g} s deadline ({type(e).__name__})"
+            except (httpx.HTTPError, OSError) as e:  # dropped connection, protocol error, ...
+                last = f"{type(e).__name__}: {_reason(e)}"
             except (ValueError, KeyError, IndexError, TypeError) as e:  # not a chat completion
-                last = f"unexpected response ({type(e).__name__}: {e})"
+                last = f"unexpected response ({type(e).__name__})"
             if attempt < self.max_retries:
                 delay = min(self.max_backoff, self.backoff * 2**attempt)
                 time.sleep(min(self.max_backoff, wait) if wait is not None else delay)
         raise JudgeRequestError(f"{self.max_retries + 1} requests to {self.url} failed; last: {last}")
 
 
-def _read_error_body(e: urllib.error.HTTPError) -> str:
+def _status_text(status: int) -> str:
+    """``HTTP 503 Service Unavailable``: the standard phrase, never text from the server."""
     try:
-        return e.read().decode("utf-8", "replace")[:300]
-    except Exception:  # the body is only decoration for the message
-        return str(e.reason)
+        return f"HTTP {status} {http.HTTPStatus(status).phrase}"
+    except ValueError:
+        return f"HTTP {status}"
 
 
-def _retry_after(e: urllib.error.HTTPError) -> float | None:
+def _origin(url: str) -> str:
+    m = re.match(r"^([a-zA-Z][a-zA-Z0-9+.-]*://[^/?#]*)", url or "")
+    return m.group(1) if m else "another location"
+
+
+def _reason(e: BaseException) -> str:
+    """A short description of a transport error (no response content is ever part of it): the
+    operating system's reason when there is one (``Connection refused``)."""
+    seen, cur = 0, e
+    while cur is not None and seen < 8:
+        if isinstance(cur, OSError) and cur.strerror:
+            return cur.strerror
+        cur, seen = cur.__cause__ or cur.__context__, seen + 1
+    text = str(e) or type(e).__name__
+    return text.splitlines()[0][:200]
+
+
+def _retry_after(headers: dict) -> float | None:
     try:
-        return max(0.0, float(e.headers.get("Retry-After")))
-    except (TypeError, ValueError, AttributeError):
+        v = float(headers.get("retry-after"))
+    except (TypeError, ValueError):
         return None
+    return max(0.0, v) if math.isfinite(v) else None
 
 
 class LocalJudge:
@@ -374,34 +472,37 @@ def judge_one(judge: Judge, question: str, answer: str, pred: str, *, max_retrie
 
 def read_predictions(path: str | os.PathLike) -> list[dict]:
     """Lines of a ``preds.jsonl`` (as written by ``slotvlm predict``): each a JSON object with
-    ``question_id``, ``question``, ``answer``, ``pred``. ``ValueError`` names the file and line."""
+    ``question_id`` (a string or an int), ``question``, ``answer`` and ``pred`` (strings; a number
+    as ``answer`` is accepted, as QA files have them). A torn last line (a killed ``predict``) is
+    skipped with a warning; anything else wrong is a ``ValueError`` naming the file and line."""
     path = Path(path)
     if not path.is_file():
         raise ValueError(f"predictions file {str(path)!r} does not exist")
     rows, seen = [], {}
-    with open(path, encoding="utf-8") as f:
-        for n, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise ValueError(f"{str(path)!r} line {n} is not valid JSON: {e}") from None
-            if not isinstance(row, dict):
-                raise ValueError(f"{str(path)!r} line {n} must be a JSON object, got {row!r:.200}")
-            for k in ("question_id", "question", "answer", "pred"):
-                if k not in row or row[k] is None:
-                    raise ValueError(f"{str(path)!r} line {n} has no {k!r}: {line.strip():.200}")
-            row = {**row, "question_id": str(row["question_id"])}
-            for k in ("question", "answer", "pred"):
-                row[k] = str(row[k])
-            if row["question_id"] in seen:
-                raise ValueError(
-                    f"{str(path)!r} line {n} repeats question_id {row['question_id']!r} "
-                    f"(first on line {seen[row['question_id']]})"
-                )
-            seen[row["question_id"]] = n
-            rows.append(row)
+    for n, row in iter_jsonl(path, "predictions file"):
+        if not isinstance(row, dict):
+            raise ValueError(f"{str(path)!r} line {n} must be a JSON object, got {row!r:.200}")
+        for k in ("question_id", "question", "answer", "pred"):
+            if k not in row or row[k] is None:
+                raise ValueError(f"{str(path)!r} line {n} has no {k!r}: {json.dumps(row)[:200]}")
+        qid = row["question_id"]
+        if isinstance(qid, bool) or not isinstance(qid, (str, int)):
+            raise ValueError(f"{str(path)!r} line {n}: question_id must be a string or an int, got "
+                             f"{type(qid).__name__} {json.dumps(qid)[:100]}")
+        if isinstance(row["answer"], (int, float)) and not isinstance(row["answer"], bool):
+            row = {**row, "answer": str(row["answer"])}
+        for k in ("question", "answer", "pred"):
+            if not isinstance(row[k], str):
+                raise ValueError(f"{str(path)!r} line {n}: {k} must be a string, got "
+                                 f"{type(row[k]).__name__} {json.dumps(row[k])[:100]}")
+        row = {**row, "question_id": str(qid)}
+        if row["question_id"] in seen:
+            raise ValueError(
+                f"{str(path)!r} line {n} repeats question_id {row['question_id']!r} "
+                f"(first on line {seen[row['question_id']]})"
+            )
+        seen[row["question_id"]] = n
+        rows.append(row)
     return rows
 
 

@@ -21,9 +21,16 @@ Output folder::
     OUT/slotvlm_config.json, OUT/connector.safetensors   the result (SlotVLM.from_pretrained(OUT))
     OUT/stage1_decoders.safetensors                      stage 1 only: the reconstruction decoders
     OUT/log.jsonl                                        one line per step: loss, lr, samples/s, ...
-    OUT/checkpoints/step_000100/                         trainable.safetensors, optimizer.pt,
-                                                         scheduler.pt, rng_rank<r>.pt, state.json
+    OUT/checkpoints/step_000100/                         trainable.safetensors, optimizer.{json,safetensors},
+                                                         scheduler.json, rng_rank<r>.{json,safetensors},
+                                                         state.json
     OUT/train_args.json
+
+Checkpoints hold only safetensors and JSON (see :mod:`slotvlm.train._state`): resuming from a
+folder someone else wrote cannot run code, and a corrupt or crafted file stops the resume with a
+``ValueError`` naming it. Every file of the run is written to a ``.tmp`` name and renamed into
+place, so a crash or a full disk leaves either the old file or the new one; a failed checkpoint
+write removes its ``.tmp`` folder and raises ``OSError`` saying what happened.
 """
 from __future__ import annotations
 
@@ -42,6 +49,7 @@ import torch
 from .. import distributed
 from ..data.features import FeatureCache
 from ..data.instruct import collate_features, load_instructions
+from ._state import CheckpointError, load_state, save_state
 from .objectives import BRANCHES, ConnectorForward, Reconstruction
 
 DEFAULT_LR = {1: 1e-4, 2: 2e-5, 3: 2e-5}
@@ -219,29 +227,35 @@ def list_checkpoints(out: str) -> list[str]:
 def save_checkpoint(out, step, module, opt, sched, device, rank, world, meta, keep) -> str:
     """All ranks call this. Rank 0 writes the weights/optimizer/scheduler, every rank its RNG state,
     into ``step_N.tmp``; after a barrier rank 0 renames it to ``step_N`` (a crash leaves only a
-    ``.tmp`` folder, which resume ignores)."""
+    ``.tmp`` folder, which resume ignores). A write that fails (disk full, permissions) removes the
+    ``.tmp`` folder and raises ``OSError`` naming the checkpoint."""
     from safetensors.torch import save_file  # noqa: PLC0415
 
     root = os.path.join(out, CKPT_DIR)
     final = os.path.join(root, f"step_{step:06d}")
     tmp = final + ".tmp"
-    if rank == 0:
+    try:
+        if rank == 0:
+            shutil.rmtree(tmp, ignore_errors=True)
+            os.makedirs(tmp)
+        distributed.barrier()
+        save_state(_rng_state(device), tmp, f"rng_rank{rank}")
+        if rank == 0:
+            save_file(_trainable_state(module), os.path.join(tmp, "trainable.safetensors"))
+            save_state(opt.state_dict(), tmp, "optimizer")
+            save_state(sched.state_dict(), tmp, "scheduler")
+        distributed.barrier()
+        if rank == 0:
+            with open(os.path.join(tmp, "state.json"), "w") as f:
+                json.dump({**meta, "step": step, "world_size": world}, f, indent=1)
+            shutil.rmtree(final, ignore_errors=True)
+            os.replace(tmp, final)
+            for old in list_checkpoints(out)[:-keep]:
+                shutil.rmtree(old, ignore_errors=True)
+    except OSError as e:
         shutil.rmtree(tmp, ignore_errors=True)
-        os.makedirs(tmp)
-    distributed.barrier()
-    torch.save(_rng_state(device), os.path.join(tmp, f"rng_rank{rank}.pt"))
-    if rank == 0:
-        save_file(_trainable_state(module), os.path.join(tmp, "trainable.safetensors"))
-        torch.save(opt.state_dict(), os.path.join(tmp, "optimizer.pt"))
-        torch.save(sched.state_dict(), os.path.join(tmp, "scheduler.pt"))
-    distributed.barrier()
-    if rank == 0:
-        with open(os.path.join(tmp, "state.json"), "w") as f:
-            json.dump({**meta, "step": step, "world_size": world}, f, indent=1)
-        shutil.rmtree(final, ignore_errors=True)
-        os.replace(tmp, final)
-        for old in list_checkpoints(out)[:-keep]:
-            shutil.rmtree(old, ignore_errors=True)
+        raise OSError(e.errno, f"could not write checkpoint {final!r} (step {step}): {e.strerror or e}; "
+                      f"its partial .tmp folder was removed, earlier checkpoints are intact") from e
     distributed.barrier()
     return final
 
@@ -249,18 +263,34 @@ def save_checkpoint(out, step, module, opt, sched, device, rank, world, meta, ke
 def load_checkpoint(path, module, opt, sched, device, rank, world, meta) -> int:
     from safetensors.torch import load_file  # noqa: PLC0415
 
-    with open(os.path.join(path, "state.json")) as f:
-        state = json.load(f)
+    state_path = os.path.join(path, "state.json")
+    try:
+        with open(state_path, encoding="utf-8") as f:
+            state = json.load(f)
+        int(state["step"]), int(state["world_size"])
+    except (OSError, ValueError, TypeError, KeyError, RecursionError) as e:
+        raise CheckpointError(f"checkpoint file {state_path!r} is corrupt: {type(e).__name__}: {e}"[:500]) from None
     if state["world_size"] != world:
         raise ValueError(f"checkpoint {path!r} was written by {state['world_size']} processes; resume it with "
                          f"the same number for an exact continuation (got {world})")
     for k in ("stage", "branches", "data_hash", "batch_size", "grad_accum", "seed", "total_steps"):
         if state.get(k) != meta.get(k):
             raise ValueError(f"cannot resume from {path!r}: {k} was {state.get(k)!r}, now {meta.get(k)!r}")
-    module.load_state_dict(load_file(os.path.join(path, "trainable.safetensors"), device=str(device)))
-    opt.load_state_dict(torch.load(os.path.join(path, "optimizer.pt"), map_location=device, weights_only=False))
-    sched.load_state_dict(torch.load(os.path.join(path, "scheduler.pt"), weights_only=False))
-    _set_rng_state(torch.load(os.path.join(path, f"rng_rank{rank}.pt"), weights_only=False), device)
+    weights = os.path.join(path, "trainable.safetensors")
+    try:
+        module.load_state_dict(load_file(weights, device=str(device)))
+    except Exception as e:  # noqa: BLE001  (safetensors' own error types, or a state_dict mismatch)
+        raise CheckpointError(f"checkpoint file {weights!r} cannot be loaded: {type(e).__name__}: {e}"[:500]) from None
+    for name, target, dev in (("optimizer", opt, device), ("scheduler", sched, None), (f"rng_rank{rank}", None, None)):
+        value = load_state(path, name, device=dev)
+        try:
+            if target is None:
+                _set_rng_state(value, device)
+            else:
+                target.load_state_dict(value)
+        except (TypeError, ValueError, KeyError, IndexError, RuntimeError) as e:
+            raise CheckpointError(f"checkpoint file {os.path.join(path, name + '.json')!r} does not hold a valid "
+                                  f"{name} state: {type(e).__name__}: {e}"[:500]) from None
     return int(state["step"])
 
 
@@ -428,9 +458,14 @@ def _truncate_log(path: str, step: int) -> None:
         return
     with open(path, encoding="utf-8") as f:
         keep = [line for line in f if line.strip() and json.loads(line)["step"] <= step]
-    with open(path + ".tmp", "w", encoding="utf-8") as f:
-        f.writelines(keep)
-    os.replace(path + ".tmp", path)
+    try:
+        with open(path + ".tmp", "w", encoding="utf-8") as f:
+            f.writelines(keep)
+        os.replace(path + ".tmp", path)
+    except OSError:
+        if os.path.exists(path + ".tmp"):
+            os.remove(path + ".tmp")
+        raise
 
 
 def _save_result(cfg: TrainConfig, model, module) -> None:
