@@ -6,9 +6,18 @@ Each subcommand lives in ``slotvlm/commands/<name>.py`` and defines::
     def add_arguments(parser: argparse.ArgumentParser) -> None: ...
     def run(args: argparse.Namespace) -> int: ...          # the exit status
 
-Modules are imported only when their subcommand runs (``--help`` stays fast). A ``ValueError`` or
-``FileNotFoundError`` raised by ``run`` (bad input) is printed as ``slotvlm <name>: error: ...``
-with exit status 2; ``SLOTVLM_TRACEBACK=1`` shows the traceback instead.
+Modules are imported only when their subcommand runs (``--help`` stays fast).
+
+Exit status of every subcommand:
+
+* ``0`` — done;
+* ``1`` — it ran, but some items failed (``predict``: questions; ``extract``: videos; ``judge``:
+  questions that could not reach the judge); they are listed in the run's failure file and a rerun
+  of the same command retries only them;
+* ``2`` — it could not run: bad arguments (rejected by the parser, negative numbers included),
+  bad input files (wrong format, not UTF-8, nested too deeply, numbers too long), a missing or
+  mistyped model path, an ``OSError`` (disk full, permission denied), an unreachable judge. One
+  line ``slotvlm <name>: error: ...`` on stderr; ``SLOTVLM_TRACEBACK=1`` shows the traceback instead.
 """
 from __future__ import annotations
 
@@ -39,8 +48,15 @@ def _help_line(name: str) -> str:
     return ""
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse, with a usage error printed as one line (exit status 2)."""
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: error: {message} (see `{self.prog} --help`)\n")
+
+
 def build_parser(selected: str | None = None) -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="slotvlm",
         description="Slot-VLM: video question answering with object and event slots. "
         "Run `slotvlm <command> --help` for a command's options.",
@@ -60,20 +76,40 @@ def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     selected = next((a for a in argv if not a.startswith("-")), None)
     parser = build_parser(selected if selected in COMMANDS else None)
-    args = parser.parse_args(argv)
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as exc:  # a usage error (already printed): 2; --help / --version exit as usual
+        if exc.code in (0, None):
+            raise
+        return 2
     if args.command is None:
         parser.print_help()
         return 2
     module = importlib.import_module(f"slotvlm.commands.{args.command}")
     try:
         return int(module.run(args) or 0)
-    except (ValueError, FileNotFoundError) as exc:
-        # Bad input (arguments, files, model folders, videos): one line, no traceback, exit 2.
+    except (ValueError, OSError, RecursionError) as exc:
+        # Bad input (arguments, files, model folders, videos; UnicodeDecodeError is a ValueError)
+        # or the system refusing (disk full, permissions, a hub lookup of a mistyped path): one
+        # line, no traceback, exit 2.
         if os.environ.get("SLOTVLM_TRACEBACK") == "1":
             raise
-        print(f"slotvlm {args.command}: error: {exc}", file=sys.stderr)
-        print("(set SLOTVLM_TRACEBACK=1 to see the traceback)", file=sys.stderr)
+        print(f"slotvlm {args.command}: error: {_one_line(exc)}", file=sys.stderr)
         return 2
+    except SystemExit as exc:  # a command's `raise SystemExit("slotvlm x: ...")`: bad usage, exit 2
+        if isinstance(exc.code, str):
+            print(exc.code, file=sys.stderr)
+            return 2
+        raise
+
+
+def _one_line(exc: BaseException) -> str:
+    if isinstance(exc, RecursionError):
+        return "an input is nested too deeply to read (RecursionError)"
+    text = " ".join(str(exc).split()) or type(exc).__name__
+    if isinstance(exc, OSError) and not isinstance(exc, FileNotFoundError):
+        text = f"{type(exc).__name__}: {text}"
+    return text[:2000]
 
 
 if __name__ == "__main__":

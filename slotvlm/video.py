@@ -21,7 +21,7 @@ import numpy as np
 import torch
 
 from slotvlm._ext import ops
-from slotvlm.ops.video_ref import check_slowfast_args, slowfast_pool_ref
+from slotvlm.ops.video_ref import check_slowfast_args
 
 __all__ = [
     "CLIP_MEAN",
@@ -116,52 +116,8 @@ def sample_fps_indices(num_frames: int, native_fps: float, target_fps: float = 1
 # ------------------------------------------------------------------------------------------------
 # Slow/fast pooling (C++ on CPU, the torch reference on other devices)
 # ------------------------------------------------------------------------------------------------
-def _slowfast_pool_other_device(features, num_slow, stride):
-    return slowfast_pool_ref(features, num_slow, stride)
-
-
-def _slowfast_pool_fake(features, num_slow=8, stride=4):
-    B, T, H, W, D = features.shape
-    return features.new_empty((B, num_slow, H, W, D)), features.new_empty((B, T, H // stride, W // stride, D))
-
-
-def _clip_preprocess_fake(frames, size, crop_size, mean, std, scale, dtype):
-    return frames.new_empty((frames.shape[0], 3, crop_size, crop_size), dtype=dtype)
-
-
-def _slowfast_setup_context(ctx, inputs, output):
-    features, num_slow, stride = (list(inputs) + [8, 4])[:3]
-    ctx.shape, ctx.num_slow, ctx.stride = tuple(features.shape), num_slow, stride
-
-
-def _slowfast_backward(ctx, grad_slow, grad_fast):
-    """d features = scatter-add of grad_slow onto the chosen frames + grad_fast spread evenly over
-    each s x s window."""
-    B, T, H, W, D = ctx.shape
-    s = ctx.stride
-    ref = grad_slow if grad_slow is not None else grad_fast
-    grad = torch.zeros(ctx.shape, dtype=ref.dtype, device=ref.device)
-    if grad_fast is not None:
-        g = grad_fast / (s * s)
-        grad += g.repeat_interleave(s, dim=2).repeat_interleave(s, dim=3)
-    if grad_slow is not None:
-        idx = uniform_indices(T, ctx.num_slow, allow_repeat=True).to(ref.device)
-        grad.index_add_(1, idx, grad_slow)
-    return grad, None, None
-
-
-def _register_python_kernels() -> None:
-    # CUDA through the torch reference (avg_pool2d + index_select run on the GPU); fake kernels so
-    # that torch.compile can trace both ops; the backward of slowfast_pool.
-    torch.library.impl("slotvlm::slowfast_pool", "CUDA", _slowfast_pool_other_device)
-    for name, fn in (("slotvlm::slowfast_pool", _slowfast_pool_fake), ("slotvlm::clip_preprocess", _clip_preprocess_fake)):
-        torch.library.register_fake(name, fn)
-    torch.library.register_autograd(
-        "slotvlm::slowfast_pool", _slowfast_backward, setup_context=_slowfast_setup_context
-    )
-
-
-_register_python_kernels()
+# The CUDA kernel, the fake kernels and the backward of slowfast_pool live in slotvlm/_register.py,
+# which the extension's module init imports: they exist whenever the op does.
 
 
 def slowfast_pool(features: torch.Tensor, num_slow: int = 8, stride: int = 4) -> tuple[torch.Tensor, torch.Tensor]:

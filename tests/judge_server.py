@@ -37,12 +37,17 @@ def reference_verdict(answer: str, pred: str) -> tuple[str, int]:
 @dataclass
 class Action:
     """What to do with one request: ``reply`` (a text body), ``status`` (an HTTP error code),
-    ``sleep`` (seconds before acting), ``drop`` (close the connection without answering)."""
+    ``sleep`` (seconds before acting), ``drop`` (close the connection without answering),
+    ``redirect`` (answer ``status`` (default 302) with this ``Location``), ``trickle`` (send the
+    reply one byte every ``trickle`` seconds), ``body`` (the raw body of an error status)."""
 
     reply: str | None = None
     status: int | None = None
     sleep: float = 0.0
     drop: bool = False
+    redirect: str | None = None
+    trickle: float = 0.0
+    body: str | None = None
 
 
 def _parse_user(content: str) -> dict:
@@ -63,6 +68,7 @@ class JudgeServer:
         self.die_after = die_after  # stop serving after this many answered requests
         self.requests: list[dict] = []  # parsed bodies, in arrival order
         self.headers: list[dict] = []
+        self.get_headers: list[dict] = []  # headers of GET requests (a client following a redirect)
         self.in_flight = 0
         self.max_in_flight = 0
         self._lock = threading.Lock()
@@ -75,6 +81,12 @@ class JudgeServer:
 
             def do_POST(self):
                 server._handle(self)
+
+            def do_GET(self):  # where a client that follows a 302 ends up: record, answer "yes"
+                with server._lock:
+                    server.get_headers.append(dict(self.headers))
+                server._send(self, 200, {"object": "chat.completion", "model": "intruder", "choices": [
+                    {"index": 0, "message": {"role": "assistant", "content": "{'pred': 'yes', 'score': 5}"}}]})
 
         self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         self.httpd.daemon_threads = True
@@ -120,13 +132,24 @@ class JudgeServer:
         return [_parse_user(r["messages"][1]["content"])["question"] for r in self.requests]
 
     # -- handling
-    def _send(self, h, code: int, body: dict | str) -> None:
+    def _send(self, h, code: int, body: dict | str, *, headers: dict | None = None, trickle: float = 0.0) -> None:
         data = (json.dumps(body) if isinstance(body, dict) else body).encode()
         h.send_response(code)
         h.send_header("Content-Type", "application/json")
         h.send_header("Content-Length", str(len(data)))
+        for k, v in (headers or {}).items():
+            h.send_header(k, v)
         h.end_headers()
-        h.wfile.write(data)
+        if not trickle:
+            h.wfile.write(data)
+            return
+        deadline = time.monotonic() + self.max_seconds
+        for i in range(len(data)):  # one byte at a time: each read succeeds, the whole never ends
+            if self._shut or time.monotonic() > deadline:
+                return
+            h.wfile.write(data[i : i + 1])
+            h.wfile.flush()
+            time.sleep(trickle)
 
     def _handle(self, h) -> None:
         if h.path != "/v1/chat/completions":
@@ -161,15 +184,17 @@ class JudgeServer:
                 h.close_connection = True
                 h.connection.close()
                 return
+            if action.redirect:
+                return self._send(h, action.status or 302, "", headers={"Location": action.redirect})
             if action.status:
-                return self._send(h, action.status, {"error": {"message": "scripted failure"}})
+                return self._send(h, action.status, action.body or {"error": {"message": "scripted failure"}})
             self._send(h, 200, {
                 "id": f"chatcmpl-{answered}",
                 "object": "chat.completion",
                 "model": SERVED_MODEL,
                 "choices": [{"index": 0, "finish_reason": "stop",
                              "message": {"role": "assistant", "content": action.reply}}],
-            })
+            }, trickle=action.trickle)
         except (BrokenPipeError, ConnectionResetError):
             pass  # the client gave up (timeout test)
         finally:

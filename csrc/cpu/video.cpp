@@ -443,14 +443,28 @@ std::tuple<at::Tensor, at::Tensor> slowfast_pool(const at::Tensor& features, int
                     "slowfast_pool: features must be floating point (float32, float64, bfloat16, float16), got ",
                     features.scalar_type());
   TORCH_CHECK_VALUE(num_slow > 0, "slowfast_pool: num_slow must be > 0, got ", num_slow);
+  // t_d is 8 in Slot-VLM; a million slow frames is already far beyond any use.
+  TORCH_CHECK_VALUE(num_slow <= (int64_t{1} << 20), "slowfast_pool: num_slow must be at most 2^20 = 1048576 frames, got ",
+                    num_slow);
   TORCH_CHECK_VALUE(stride > 0, "slowfast_pool: stride must be > 0, got ", stride);
   const int64_t B = features.size(0), T = features.size(1), H = features.size(2), W = features.size(3),
                 D = features.size(4);
+  int64_t slow_numel = 0;
+  TORCH_CHECK_VALUE(!__builtin_mul_overflow(B * H * W * D, num_slow, &slow_numel) &&
+                        slow_numel <= (int64_t{1} << 40),
+                    "slowfast_pool: num_slow=", num_slow, " gives a slow output of shape [", B, ", ", num_slow, ", ", H,
+                    ", ", W, ", ", D, "], too large to allocate (over 2^40 elements)");
   TORCH_CHECK_VALUE(T > 0, "slowfast_pool: features must have T > 0 frames, got shape ", features.sizes());
   TORCH_CHECK_VALUE(H % stride == 0 && W % stride == 0 && H > 0 && W > 0, "slowfast_pool: H and W must be positive multiples of stride=",
                     stride, ", got H=", H, ", W=", W);
   const auto idx = uniform_indices(T, num_slow, true).to(features.device());
-  auto slow = features.index_select(1, idx).contiguous();
+  at::Tensor slow;
+  try {
+    slow = features.index_select(1, idx).contiguous();
+  } catch (const c10::Error& e) {  // the allocator's "can't allocate memory": name the argument
+    TORCH_CHECK_VALUE(false, "slowfast_pool: num_slow=", num_slow, " gives a slow output of ", slow_numel,
+                      " elements, which cannot be allocated: ", e.what_without_backtrace());
+  }
 
   const int64_t Ho = H / stride, Wo = W / stride;
   auto fast = at::empty({B, T, Ho, Wo, D}, features.options().memory_format(at::MemoryFormat::Contiguous));

@@ -5,6 +5,7 @@ import argparse
 import sys
 
 from ._model_args import add_device_args, load_model
+from ._types import positive_int
 
 HELP = "answer questions about a video with a Slot-VLM (one question, or an interactive session)"
 
@@ -15,8 +16,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--question", default=None,
                         help="ask this and print the answer; without it, read questions from stdin "
                         "until EOF or 'exit' (a multi-turn chat: earlier turns stay in the prompt)")
-    parser.add_argument("--max-new-tokens", type=int, default=128, help="answer length limit")
-    parser.add_argument("--max-frames", type=int, default=None, help="frame cap (default: the model's max_frames)")
+    parser.add_argument("--max-new-tokens", type=positive_int, default=128, help="answer length limit")
+    parser.add_argument("--max-frames", type=positive_int, default=None, help="frame cap (default: the model's max_frames)")
     parser.add_argument("--sample", action="store_true", help="sample instead of greedy decoding")
     add_device_args(parser)
 

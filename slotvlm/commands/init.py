@@ -4,6 +4,7 @@ from __future__ import annotations
 import argparse
 
 from ._model_args import add_device_args
+from ._types import nonneg_int, positive_int
 
 HELP = "create a fresh, untrained Slot-VLM from a CLIP and a causal LM (hub ids or local paths)"
 
@@ -19,17 +20,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="slowfast = Slot-VLM; pooling = Video-ChatGPT (356 tokens); qformer = learned queries")
     parser.add_argument("--branches", default="both", choices=["both", "object", "event"],
                         help="which branches to build (object-only: 64 tokens, event-only: 128)")
-    parser.add_argument("--num-slow-frames", type=int, default=8, help="t_d, frames of the object branch")
-    parser.add_argument("--num-slots-slow", type=int, default=8, help="N_s, object slots per frame")
-    parser.add_argument("--num-slots-fast", type=int, default=8, help="N_f, event slots per position")
-    parser.add_argument("--pool-stride", type=int, default=4, help="event branch pooling stride (4 → 4×4)")
-    parser.add_argument("--slot-dim", type=int, default=1024, help="slot width")
-    parser.add_argument("--slot-iters", type=int, default=3, help="slot attention iterations")
-    parser.add_argument("--proj-dim", type=int, default=1024, help="width of S-Proj/F-Proj")
-    parser.add_argument("--max-frames", type=int, default=256,
+    parser.add_argument("--num-slow-frames", type=positive_int, default=8, help="t_d, frames of the object branch")
+    parser.add_argument("--num-slots-slow", type=positive_int, default=8, help="N_s, object slots per frame")
+    parser.add_argument("--num-slots-fast", type=positive_int, default=8, help="N_f, event slots per position")
+    parser.add_argument("--pool-stride", type=positive_int, default=4, help="event branch pooling stride (4 → 4×4)")
+    parser.add_argument("--slot-dim", type=positive_int, default=1024, help="slot width")
+    parser.add_argument("--slot-iters", type=positive_int, default=3, help="slot attention iterations")
+    parser.add_argument("--proj-dim", type=positive_int, default=1024, help="width of S-Proj/F-Proj")
+    parser.add_argument("--max-frames", type=positive_int, default=256,
                         help="temporal position table size and default frame cap per video")
     parser.add_argument("--event-encoder", default="slot_attention", choices=["slot_attention", "slot_ssm"])
-    parser.add_argument("--seed", type=int, default=0, help="seed of the connector's initialisation")
+    parser.add_argument("--seed", type=nonneg_int, default=0, help="seed of the connector's initialisation")
     add_device_args(parser)
 
 

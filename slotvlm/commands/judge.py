@@ -5,6 +5,8 @@ import argparse
 import os
 import sys
 
+from ._types import nonneg_float, nonneg_int, positive_float, positive_int
+
 HELP = "judge predictions (preds.jsonl) with an LLM: accuracy and 0-5 score, resumable"
 
 
@@ -36,16 +38,18 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", default=None, help="device of the --local judge (default: cuda if any)")
     p.add_argument("--dtype", default=None, choices=["float32", "bfloat16", "float16"],
                    help="dtype of the --local judge (default: the checkpoint's)")
-    p.add_argument("--concurrency", type=int, default=4, help="requests in flight (default 4)")
+    p.add_argument("--concurrency", type=positive_int, default=4, help="requests in flight (default 4)")
     p.add_argument(
         "--max-retries",
-        type=int,
+        type=nonneg_int,
         default=3,
-        help="re-asks after a malformed reply, and retries after a timeout / 5xx / connection "
-        "error (bounded exponential backoff); then the question counts as failed (default 3)",
+        help="re-asks after a malformed or ambiguous reply, and retries after a timeout / 429 / 5xx / "
+        "dropped connection (bounded exponential backoff); then the question counts as failed "
+        "(default 3). A refused connection, a redirect or HTTP 401/403/404 stop the run at once",
     )
-    p.add_argument("--timeout", type=float, default=60.0, help="seconds per HTTP request")
-    p.add_argument("--backoff", type=float, default=1.0,
+    p.add_argument("--timeout", type=positive_float, default=60.0, help="total seconds per HTTP request, connecting and reading the whole reply "
+                   "included (default 60)")
+    p.add_argument("--backoff", type=nonneg_float, default=1.0,
                    help="first retry delay in seconds, doubled per retry, capped at 30 (default 1)")
     p.add_argument("--retry-failed", action="store_true",
                    help="also re-ask questions whose earlier replies were malformed")

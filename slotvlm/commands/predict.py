@@ -6,6 +6,7 @@ import json
 import sys
 
 from ._model_args import add_device_args
+from ._types import positive_int
 
 HELP = "answer a video QA set with a Slot-VLM -> preds.jsonl (batched, resumable, torchrun-sharded)"
 
@@ -29,9 +30,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--features", default=None, metavar="CACHE",
                    help="feature cache of `slotvlm extract`, used instead of decoding videos")
     p.add_argument("--out", required=True, help="predictions file (JSON lines)")
-    p.add_argument("--batch-size", type=int, default=8, help="questions per generate call (default 8)")
-    p.add_argument("--max-new-tokens", type=int, default=64, help="answer length limit (default 64)")
-    p.add_argument("--max-frames", type=int, default=None,
+    p.add_argument("--batch-size", type=positive_int, default=8, help="questions per generate call (default 8)")
+    p.add_argument("--max-new-tokens", type=positive_int, default=64, help="answer length limit (default 64)")
+    p.add_argument("--max-frames", type=positive_int, default=None,
                    help="frame cap per video (default: the model's max_frames)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     add_device_args(p)

@@ -11,6 +11,8 @@ from __future__ import annotations
 import argparse
 import json
 
+from ._types import nonneg_float, nonneg_int, positive_float, positive_int
+
 HELP = "train Slot-VLM on cached features: stage 1 (slot reconstruction), 2 (one branch), 3 (both)"
 
 
@@ -30,25 +32,25 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--branch", default=None, choices=["slow", "fast"],
                         help="stage 2: slow = object branch, fast = event branch; stage 1: only this branch")
     parser.add_argument("--out", required=True, help="output folder (model, checkpoints, log.jsonl)")
-    parser.add_argument("--epochs", type=int, default=3, help="passes over the data (default 3)")
-    parser.add_argument("--lr", type=float, default=None, help="peak learning rate (default 1e-4 stage 1, 2e-5 stages 2/3)")
-    parser.add_argument("--batch-size", type=int, default=40, help="global batch per optimizer step (default 40)")
-    parser.add_argument("--grad-accum", type=int, default=1, help="micro-batches per rank per step (default 1)")
-    parser.add_argument("--max-steps", type=int, default=None, help="stop after this many steps (overrides --epochs)")
-    parser.add_argument("--warmup", type=float, default=0.03, help="linear warm-up fraction of the cosine schedule")
-    parser.add_argument("--weight-decay", type=float, default=0.0, help="AdamW weight decay (default 0)")
-    parser.add_argument("--max-grad-norm", type=float, default=1.0, help="gradient clipping (0: off)")
-    parser.add_argument("--seed", type=int, default=0, help="seed of data order, initialisation and noise")
-    parser.add_argument("--save-every", type=int, default=None, help="checkpoint every N steps (default: at the end)")
-    parser.add_argument("--keep-checkpoints", type=int, default=2, help="checkpoints kept (default 2)")
+    parser.add_argument("--epochs", type=positive_int, default=3, help="passes over the data (default 3)")
+    parser.add_argument("--lr", type=positive_float, default=None, help="peak learning rate (default 1e-4 stage 1, 2e-5 stages 2/3)")
+    parser.add_argument("--batch-size", type=positive_int, default=40, help="global batch per optimizer step (default 40)")
+    parser.add_argument("--grad-accum", type=positive_int, default=1, help="micro-batches per rank per step (default 1)")
+    parser.add_argument("--max-steps", type=positive_int, default=None, help="stop after this many steps (overrides --epochs)")
+    parser.add_argument("--warmup", type=nonneg_float, default=0.03, help="linear warm-up fraction of the cosine schedule")
+    parser.add_argument("--weight-decay", type=nonneg_float, default=0.0, help="AdamW weight decay (default 0)")
+    parser.add_argument("--max-grad-norm", type=nonneg_float, default=1.0, help="gradient clipping (0: off)")
+    parser.add_argument("--seed", type=nonneg_int, default=0, help="seed of data order, initialisation and noise")
+    parser.add_argument("--save-every", type=positive_int, default=None, help="checkpoint every N steps (default: at the end)")
+    parser.add_argument("--keep-checkpoints", type=positive_int, default=2, help="checkpoints kept (default 2)")
     parser.add_argument("--resume", action="store_true", help="continue from the latest checkpoint in --out")
-    parser.add_argument("--stop-after", type=int, default=None,
+    parser.add_argument("--stop-after", type=positive_int, default=None,
                         help="leave after this step (with a checkpoint) without finishing the schedule; "
                         "continue later with --resume")
     parser.add_argument("--fsdp", action="store_true", help="shard the frozen LLM across ranks with FSDP2")
     parser.add_argument("--gradient-checkpointing", default=None, choices=["on", "off"],
                         help="LLM gradient checkpointing (default: on for cuda, off for cpu)")
-    parser.add_argument("--decoder-layers", type=int, default=2, help="stage 1 decoder depth (default 2)")
+    parser.add_argument("--decoder-layers", type=positive_int, default=2, help="stage 1 decoder depth (default 2)")
     parser.add_argument("--device", default=None, help="device (default: cuda:LOCAL_RANK when available, else cpu)")
     parser.add_argument("--dtype", default=None, choices=["float32", "bfloat16", "float16", "fp32", "bf16", "fp16"],
                         help="dtype of the frozen LLM (default bf16 on cuda, fp32 on cpu)")

@@ -136,10 +136,17 @@ def save_features(path: str, slow: torch.Tensor, fast: torch.Tensor, timestamps,
         "slow_indices": torch.as_tensor(slow_indices, dtype=torch.int64).contiguous(),
     }
     meta = {"format": "pt", "slotvlm_cache": FORMAT_VERSION}
-    meta.update({k: str(v) for k, v in (metadata or {}).items()})
+    # Metadata is UTF-8 text: a file name that is not (bytes kept as surrogates) is written escaped.
+    meta.update({k: str(v).encode("utf-8", "backslashreplace").decode("utf-8") for k, v in (metadata or {}).items()})
     tmp = f"{path}.{tmp_tag or os.getpid()}.tmp"
     try:
-        save_file(tensors, tmp, metadata=meta)
+        if _utf8_path(tmp):
+            save_file(tensors, tmp, metadata=meta)
+        else:  # safetensors takes only UTF-8 paths; Python's open() takes any file name
+            from safetensors.torch import save  # noqa: PLC0415
+
+            with open(tmp, "wb") as f:
+                f.write(save(tensors, metadata=meta))
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):
@@ -152,14 +159,37 @@ def load_features(path: str, device="cpu") -> dict:
     from safetensors import safe_open  # noqa: PLC0415
 
     try:
-        with safe_open(path, framework="pt", device=str(device)) as f:
-            out = {k: f.get_tensor(k) for k in f.keys()}
-            out["metadata"] = dict(f.metadata() or {})
+        if _utf8_path(path):
+            with safe_open(path, framework="pt", device=str(device)) as f:
+                out = {k: f.get_tensor(k) for k in f.keys()}
+                out["metadata"] = dict(f.metadata() or {})
+        else:  # a file name that is not UTF-8: read through Python's open()
+            out = _load_bytes(path, device)
     except Exception as exc:  # safetensors raises its own error types
         raise ValueError(f"cannot read feature file {path!r}: {exc}") from exc
     for k in ("slow", "fast"):
         if k not in out:
             raise ValueError(f"feature file {path!r} has no {k!r} tensor")
+    return out
+
+
+def _utf8_path(path: str) -> bool:
+    try:
+        os.fspath(path).encode("utf-8")
+    except UnicodeEncodeError:  # undecodable bytes of the file name, kept as surrogates by Python
+        return False
+    return True
+
+
+def _load_bytes(path: str, device) -> dict:
+    from safetensors.torch import load  # noqa: PLC0415
+
+    with open(path, "rb") as f:
+        data = f.read()
+    n = int.from_bytes(data[:8], "little")
+    header = json.loads(data[8 : 8 + n])
+    out = {k: v.to(device) for k, v in load(data).items()}
+    out["metadata"] = dict(header.get("__metadata__") or {})
     return out
 
 

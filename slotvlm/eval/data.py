@@ -69,8 +69,12 @@ def _read_json_list(path: Path) -> list:
             data = json.load(f)
     except FileNotFoundError:
         raise ValueError(f"QA file {str(path)!r} does not exist") from None
-    except json.JSONDecodeError as e:
-        raise ValueError(f"{str(path)!r} is not valid JSON: {e}") from None
+    except UnicodeDecodeError as e:
+        raise ValueError(f"QA file {str(path)!r} is not UTF-8 text ({e.reason} at byte {e.start})") from None
+    except RecursionError:
+        raise ValueError(f"QA file {str(path)!r} is nested too deeply to read") from None
+    except ValueError as e:  # bad JSON, or an integer too long to convert
+        raise ValueError(f"{str(path)!r} is not valid JSON: {str(e)[:200]}") from None
     if not isinstance(data, list):
         raise ValueError(
             f"{str(path)!r} must hold a JSON list of entries, got a {type(data).__name__}"

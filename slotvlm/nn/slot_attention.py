@@ -196,6 +196,22 @@ class SlotAttention(nn.Module):
             num_slots = slots.shape[1]
         return num_slots
 
+    def _check_dtypes_and_slots(self, inputs, slots) -> None:
+        """API edges (issue 11). Inputs (and given slots) must have the parameters' dtype — no
+        silent cast — except under ``torch.autocast``, which casts per op; given slots need K >= 1,
+        like ``num_slots``."""
+        if slots is not None and slots.shape[1] == 0:
+            raise ValueError(f"slots must hold K >= 1 slots (as num_slots must be >= 1), got {describe(slots)}")
+        param = next(self.parameters(), None)
+        if param is None or torch.is_autocast_enabled(inputs.device.type):
+            return
+        for name, t in (("inputs", inputs), ("slots", slots)):
+            if t is not None and t.dtype != param.dtype:
+                raise ValueError(
+                    f"{name} have dtype {t.dtype} but the module's parameters are {param.dtype}: convert one to "
+                    f"the other (module.to({t.dtype}) or {name}.to({param.dtype})), or run under torch.autocast"
+                )
+
     # ------------------------------------------------------------------ forward
     def forward(
         self,
@@ -223,6 +239,7 @@ class SlotAttention(nn.Module):
             slots ``[B, K, dim]``, or ``(slots, attn)`` with ``return_attn=True``.
         """
         num_slots = self._check_forward(inputs, num_slots, mask, slots)
+        self._check_dtypes_and_slots(inputs, slots)
         b = inputs.shape[0]
         backend = self._backend_for(inputs)
         step, gru = _step_impl(backend)
@@ -337,6 +354,7 @@ class SlotAttention(nn.Module):
         num_slots = num_slots if num_slots is not None else self.num_slots
         if slots is not None:
             check_tensor("slots", slots, shape=(p, None, self.dim), floating=True, device=inputs.device)
+        self._check_dtypes_and_slots(inputs, slots)
         backend = self._backend_for(inputs)
         if backend == "torch":
             n = max(max_seqlen, 1)

@@ -33,6 +33,8 @@ def check_slowfast_args(features, num_slow: int, stride: int) -> None:
         )
     if num_slow <= 0:
         raise ValueError(f"slowfast_pool: num_slow must be > 0, got {num_slow}")
+    if num_slow > 2**20:
+        raise ValueError(f"slowfast_pool: num_slow must be at most 2^20 = 1048576 frames, got {num_slow}")
     if stride <= 0:
         raise ValueError(f"slowfast_pool: stride must be > 0, got {stride}")
     _, T, H, W, _ = features.shape

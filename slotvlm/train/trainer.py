@@ -376,9 +376,9 @@ def train(cfg: TrainConfig) -> dict:
         np.random.seed((cfg.seed * 7919 + rank) % 2**32)
     if rank == 0:
         _truncate_log(log_path, step)
-        with open(os.path.join(cfg.out, "train_args.json"), "w") as f:
-            json.dump({**asdict(cfg), "world_size": world, "data_stats": dstats, "fresh_weights": fresh,
-                       "lr_used": lr, "total_steps": total}, f, indent=1)
+        _write_atomic(os.path.join(cfg.out, "train_args.json"), lambda tmp: _dump_json(
+            {**asdict(cfg), "world_size": world, "data_stats": dstats, "fresh_weights": fresh, "lr_used": lr,
+             "total_steps": total}, tmp))
     distributed.barrier()
 
     model.train()
@@ -452,20 +452,34 @@ class _null:
         return False
 
 
+def _dump_json(obj, path: str) -> None:
+    with open(path, "w", encoding="utf-8") as f:
+        json.dump(obj, f, indent=1)
+
+
+def _write_atomic(path: str, write) -> None:
+    """``write(tmp)`` then rename ``tmp`` to ``path``; on failure (a full disk) no ``.tmp`` is left."""
+    tmp = path + ".tmp"
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        raise
+
+
 def _truncate_log(path: str, step: int) -> None:
     """Keep the log lines of steps <= ``step`` (a resumed run rewrites what came after)."""
     if not os.path.exists(path):
         return
     with open(path, encoding="utf-8") as f:
         keep = [line for line in f if line.strip() and json.loads(line)["step"] <= step]
-    try:
-        with open(path + ".tmp", "w", encoding="utf-8") as f:
+    def write(tmp: str) -> None:
+        with open(tmp, "w", encoding="utf-8") as f:
             f.writelines(keep)
-        os.replace(path + ".tmp", path)
-    except OSError:
-        if os.path.exists(path + ".tmp"):
-            os.remove(path + ".tmp")
-        raise
+
+    _write_atomic(path, write)
 
 
 def _save_result(cfg: TrainConfig, model, module) -> None:
@@ -474,7 +488,7 @@ def _save_result(cfg: TrainConfig, model, module) -> None:
     model.save_pretrained(cfg.out)
     if cfg.stage == 1:
         state = {k: v.detach().to("cpu").contiguous() for k, v in module.decoders.state_dict().items()}
-        save_file(state, os.path.join(cfg.out, "stage1_decoders.safetensors"))
+        _write_atomic(os.path.join(cfg.out, "stage1_decoders.safetensors"), lambda tmp: save_file(state, tmp))
 
 
 def read_log(out: str) -> list[dict]:
