@@ -136,6 +136,28 @@ def test_resume_after_interrupt_equals_uninterrupted(env, reference, tmp_path):
     assert third.asked == [] and stats["failed"] == 2
 
 
+def test_torn_last_line_is_redone_and_nothing_valid_is_lost(env, reference, tmp_path):
+    """A disk-full (or a kill) cut the last line short: the rerun cuts the fragment off, answers
+    exactly that question again, and the merged file equals the uninterrupted run (issue 11)."""
+    import warnings
+
+    out = tmp_path / "preds.jsonl"
+    data = open(reference[0], "rb").read()
+    last = data[:-1].rfind(b"\n") + 1
+    out.write_bytes(data[: last + (len(data) - last) // 2])  # half of the last record
+    torn_id = json.loads(data[last:])["question_id"]
+    model = _StopAfter(env["model"])
+    with pytest.warns(UserWarning, match="torn last line"):
+        stats = predict(model, env["items"], str(out), videos=env["videos"], batch_size=3,
+                        max_new_tokens=6, progress=False)
+    items = {it.question_id: it for it in env["items"]}
+    assert stats["answered"] == 1 and model.asked == [items[torn_id].question]
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # whole again: read without a warning
+        assert merge_shards(str(out), env["items"])["answered"] == 2 * PER_VIDEO
+    assert read_jsonl(out) == read_jsonl(reference[0])
+
+
 def test_shards_merge_to_the_single_process_output(env, reference, tmp_path):
     out = str(tmp_path / "preds.jsonl")
     for rank in (1, 0):  # in one process, one after the other (torchrun: see the end-to-end test)

@@ -152,7 +152,7 @@ def test_corrupt_checkpoint_names_the_file(train_env):
 
 
 def test_no_unsafe_deserialisation_in_the_package():
-    proc = subprocess.run(["grep", "-rn", r"weights_only=False\|pickle", str(ROOT / "slotvlm"), "--include=*.py"],
+    proc = subprocess.run(["grep", "-rn", r"weights_only=False\|pickle", str(ROOT / "slotvlm")],
                           capture_output=True, text=True)
     assert proc.stdout == "", proc.stdout
     for path in (ROOT / "slotvlm").rglob("*.py"):
