@@ -5,8 +5,9 @@ A judge model reads (question, correct answer, predicted answer) and replies wit
 the scores. Everything that can go wrong is bounded and recorded:
 
 - replies are parsed leniently (Python-literal dicts, JSON, code fences, text around the dict);
-  an unparseable or ambiguous (conflicting verdicts) reply is asked again at most ``max_retries`` times, then the question is counted
-  as ``failed`` — never dropped, never retried forever;
+  an unparseable or ambiguous (conflicting verdicts) reply is asked again at most
+  ``max_retries`` times, then the question is counted as ``failed`` — never dropped, never
+  retried forever;
 - HTTP timeouts (a total deadline per request), dropped connections, 429 and 5xx are retried
   with bounded exponential backoff; a refused connection, a redirect or HTTP 401/403/404 stop
   the run at once (no credentials ever follow a redirect);
