@@ -205,6 +205,8 @@ def test_redirect_to_another_origin_never_gets_the_key(tmp_path, capsys):
 
 
 def test_trickling_server_is_cut_at_the_total_deadline(tmp_path):
+    with JudgeServer() as warm:  # the first request of a process also imports the HTTP stack (~0.3 s)
+        OpenAIChatJudge(warm.url, MODEL).complete(build_messages("q", "a", "a"))
     # headers at once, then one byte every 0.25 s: every read succeeds, the reply never ends
     with JudgeServer(lambda q, n: Action(trickle=0.25, reply="{'pred': 'yes', 'score': 5}"), max_seconds=20) as s:
         judge = OpenAIChatJudge(s.url, MODEL, api_key=KEY, timeout=1.0, max_retries=0)

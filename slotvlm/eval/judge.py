@@ -260,6 +260,16 @@ class OpenAIChatJudge:
         self.backoff = float(backoff)
         self.max_backoff = float(max_backoff)
         self.max_tokens = max_tokens
+        self._ssl = None  # built once (loading the CA bundle is slow), outside any deadline
+        self._ssl_lock = threading.Lock()
+
+    def _ssl_context(self):
+        import httpx  # noqa: PLC0415
+
+        with self._ssl_lock:
+            if self._ssl is None:
+                self._ssl = httpx.create_ssl_context()
+            return self._ssl
 
     async def _post(self, body: bytes) -> tuple[int, dict, bytes]:
         import httpx  # noqa: PLC0415
@@ -268,7 +278,8 @@ class OpenAIChatJudge:
         if self.api_key:
             headers["Authorization"] = f"Bearer {self.api_key}"
         # httpx's own timeouts are per operation; the total deadline is the wait_for around this.
-        async with httpx.AsyncClient(follow_redirects=False, trust_env=True, timeout=self.timeout) as client:
+        async with httpx.AsyncClient(follow_redirects=False, trust_env=True, timeout=self.timeout,
+                                     verify=self._ssl) as client:
             async with client.stream("POST", self.url, content=body, headers=headers) as resp:
                 data = bytearray()
                 if resp.status_code == 200:
@@ -301,6 +312,8 @@ class OpenAIChatJudge:
                 "max_tokens": self.max_tokens,
             }
         ).encode("utf-8")
+        if self.url.startswith("https://"):
+            self._ssl_context()
         last = None
         for attempt in range(self.max_retries + 1):
             wait = None
