@@ -20,7 +20,8 @@ Shapes (``--shapes``; bf16 on GPU, K slots, D width, P problems of N tokens):
 
 On a machine without CUDA only the reference providers run (eager, and slot-attention when
 installed), at reduced sizes, in fp32; what is skipped is printed. Every run appends rows to
-``bench/results/<device>.csv`` with the columns
+``<device>.csv`` in ``bench/results/`` with ``--save``, otherwise in ``$SLOTVLM_BENCH_DIR`` or
+``<temp>/slotvlm-bench/`` (outside the checkout; the path is printed), with the columns
 ``timestamp,commit,device,torch,triton,shape,mode,provider,dtype,ms,tflops,gbps,peak_mem_mb``.
 FLOP and byte counts are the formulas in :func:`flops` and :func:`bytes_moved` (the same for every
 provider, so speedups are time ratios); ms is the median of ``triton.testing.do_bench`` on GPU
@@ -41,7 +42,7 @@ sys.path.insert(0, str(ROOT))  # run from a checkout without installing
 import torch  # noqa: E402
 
 sys.path.insert(0, str(ROOT / "bench"))
-from _common import append_rows, commit, device_name, time_cpu, time_gpu, triton_version  # noqa: E402
+from _common import add_output_args, append_rows, commit, device_name, time_cpu, time_gpu, triton_version  # noqa: E402
 PROVIDERS = ("slotvlm", "eager", "compile", "slot-attention")
 EXTRA_PROVIDERS = ("slotvlm-kv",)  # on request: the Triton step on explicit k/v (no projection folding)
 MODES = ("fwd", "fwd+bwd", "step-fwd", "step-fwd+bwd")
@@ -285,7 +286,7 @@ def roofline(device: str, dtype: torch.dtype):
 def parse_args(argv=None):
     p = argparse.ArgumentParser(
         description=__doc__.split("\n\n")[0]
-        + " Prints a table and appends rows to bench/results/<device>.csv. Without CUDA it runs the "
+        + " Prints a table and appends rows to <device>.csv (in bench/results/ with --save). Without CUDA it runs the "
         "reference providers at reduced sizes and says what it skipped.",
         formatter_class=argparse.RawDescriptionHelpFormatter,
         epilog="\n\n".join(__doc__.split("\n\n")[1:]),
@@ -299,8 +300,7 @@ def parse_args(argv=None):
     p.add_argument("--dtype", default=None, choices=("bf16", "fp16", "fp32"), help="default: bf16 on GPU, fp32 on CPU")
     p.add_argument("--device", default=None, help="default: cuda if available, else cpu")
     p.add_argument("--full-size", action="store_true", help="on CPU, use the GPU sizes (slow)")
-    p.add_argument("--csv", default=None, help="CSV file to append to (default bench/results/<device>.csv)")
-    p.add_argument("--no-csv", action="store_true", help="print only, write nothing")
+    add_output_args(p)
     return p.parse_args(argv)
 
 
@@ -393,7 +393,7 @@ def _run(args) -> int:
     if not cuda:
         print("\nThe GPU-only rows above were skipped because this machine has no CUDA GPU.")
     if rows and not args.no_csv:
-        path = append_rows(rows, dev_name, args.csv)
+        path = append_rows(rows, dev_name, args.csv, save=args.save)
         print(f"\nappended {len(rows)} rows to {path}")
     return 0
 
