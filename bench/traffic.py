@@ -750,7 +750,7 @@ def main(argv=None) -> int:
     print("\n" + " " * 92 + "(H100)  (H200)")
     print(head)
     print("-" * len(head))
-    rows, skipped, notes = [], {}, set()
+    rows, skipped, notes, seen = [], {}, set(), {}
     try:
         from tqdm import tqdm
     except ImportError:  # pragma: no cover
@@ -781,6 +781,8 @@ def main(argv=None) -> int:
             r100, r200 = (f"{ratio[d]:.2f}" if ratio[d] else "" for d in ("H100", "H200"))
             print(f"{shape_name:<17}{mode:<13}{dtype:<9}{provider:<15}{c.n:>7}{c.bytes / 1e9:>8.3f}{c.flops / 1e9:>8.1f}"
                   f"{ms['H100']:>9.3f}{ms['H200']:>9.3f}{r100:>8}{r200:>8}  {bound}")
+            if provider == "slotvlm":
+                seen[f"{shape_name}/{mode}/{dtype}"] = dict(launches=c.n, gbytes=c.bytes / 1e9, x_eager=ratio["H100"])
             if args.breakdown and provider == "slotvlm":
                 _print_breakdown(c)
             for dev, bw in DEVICES.items():
@@ -803,12 +805,33 @@ def main(argv=None) -> int:
         print("\nnotes:")
         for n in sorted(notes):
             print("  " + n)
+    _print_targets(seen)
     print("\nlaunches = kernels per module call (aten ops that are not views/allocations + Triton launches); "
           "GB = HBM bytes read + written; x eager = modelled eager ms / modelled ms. A model, not a measurement.")
     if rows and not args.no_csv:
         path = append_rows(rows, "model", args.csv, save=args.save, columns=COLUMNS, file_name="traffic-model.csv")
         print(f"\nappended {len(rows)} rows to {path}")
     return 0
+
+
+def _print_targets(seen: dict) -> None:
+    """Issue 12's targets (bench/budgets.json "targets") against what was counted for slotvlm."""
+    targets = load_budgets().get("targets", {}) if BUDGETS.exists() else {}
+    lines = []
+    for kind, table in targets.items():
+        if kind.startswith("_"):
+            continue
+        for key, goal in table.items():
+            got = seen.get(key, {}).get(kind)
+            if got is None:
+                continue
+            ok = got >= goal if kind == "x_eager" else got <= goal
+            word = ">=" if kind == "x_eager" else "<="
+            lines.append(f"  {key:<34}{kind:<9} {got:>8.2f} (target {word} {goal:g}): {'holds' if ok else 'MISSES'}"
+                         + ("" if kind != "x_eager" else " [H100 model]"))
+    if lines:
+        print("\nissue-12 targets for slotvlm (bench/budgets.json):")
+        print("\n".join(lines))
 
 
 def _print_breakdown(count: Count) -> None:
