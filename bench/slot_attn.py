@@ -47,6 +47,7 @@ PROVIDERS = ("slotvlm", "eager", "compile", "slot-attention")
 EXTRA_PROVIDERS = ("slotvlm-kv",)  # on request: the Triton step on explicit k/v (no projection folding)
 MODES = ("fwd", "fwd+bwd", "step-fwd", "step-fwd+bwd")
 ITERS = 3
+COMPILE_MODE = "max-autotune"  # --compile-mode; rows of another mode name the provider compile:<mode>
 
 
 @dataclass(frozen=True)
@@ -180,7 +181,7 @@ def _module_case(shape, provider, mode, device, dtype):
         if provider == "slotvlm-kv":
             model.fold_projections = False
         if provider == "compile":
-            model = torch.compile(model, mode="max-autotune")
+            model = torch.compile(model, mode=COMPILE_MODE)
         if provider.startswith("slotvlm") and shape.varlen:
             max_len = max(shape.lengths())
             call = lambda: model.forward_varlen(packed, cu, max_seqlen=max_len)  # noqa: E731
@@ -232,7 +233,7 @@ def _step_case(shape, provider, mode, device, dtype):
     else:
         step = slot_attention_step_ref
         if provider == "compile":
-            step = torch.compile(slot_attention_step_ref, mode="max-autotune")
+            step = torch.compile(slot_attention_step_ref, mode=COMPILE_MODE)
         tensors = [q, k, v]
         call = lambda q, k, v: step(q, k, v, mask, scale=scale)[0]  # noqa: E731
     if mode == "step-fwd":
@@ -300,6 +301,11 @@ def parse_args(argv=None):
     p.add_argument("--dtype", default=None, choices=("bf16", "fp16", "fp32"), help="default: bf16 on GPU, fp32 on CPU")
     p.add_argument("--device", default=None, help="default: cuda if available, else cpu")
     p.add_argument("--full-size", action="store_true", help="on CPU, use the GPU sizes (slow)")
+    p.add_argument(
+        "--compile-mode", default="max-autotune",
+        choices=("max-autotune", "default", "reduce-overhead", "max-autotune-no-cudagraphs"),
+        help="torch.compile mode of provider compile (rows of another mode than max-autotune say compile:<mode>)",
+    )
     add_output_args(p)
     return p.parse_args(argv)
 
@@ -313,6 +319,8 @@ def main(argv=None) -> int:
 
 
 def _run(args) -> int:
+    global COMPILE_MODE
+    COMPILE_MODE = args.compile_mode
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     cuda = device.type == "cuda"
     if cuda and os.environ.get("TRITON_INTERPRET") == "1":
@@ -373,7 +381,7 @@ def _run(args) -> int:
                         **meta,
                         shape=shape_name if (cuda or args.full_size) else f"{shape_name}-small",
                         mode=mode,
-                        provider=provider,
+                        provider=provider if provider != "compile" or COMPILE_MODE == "max-autotune" else f"compile:{COMPILE_MODE}",
                         dtype=str(dtype).replace("torch.", ""),
                         ms=f"{ms:.4f}",
                         tflops=f"{tflops:.3f}",
