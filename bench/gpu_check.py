@@ -5,7 +5,7 @@ H100/H200 and writes everything into ONE folder.
 Steps (each a subprocess with its own log and time cap, under one overall deadline):
   env        nvidia-smi, torch/triton/CUDA versions, the commit               -> env.txt
   tests      the GPU tests, compiled kernels (TRITON_INTERPRET=0): ``pytest -m cuda tests/`` and
-             every ``tests/test_*gpu*.py``                                       -> tests.log
+             every ``tests/test_*gpu*.py`` but this script's own test          -> tests.log
   bench      ``bench/slot_attn.py``: all shapes and modes, providers slotvlm, eager and the PyPI
              ``slot-attention`` package                                         -> slot_attn.csv, bench.log
   compile    ``bench/slot_attn.py`` providers eager + torch.compile (``--compile-mode``, default
@@ -49,7 +49,10 @@ def _steps(args, out: Path) -> list[dict]:
     py = sys.executable
     gpu_env = {"TRITON_INTERPRET": "0"}
     smoke = args.cpu_smoke
-    gpu_files = sorted(str(Path(p).relative_to(ROOT)) for p in glob.glob(str(ROOT / "tests" / "test_*gpu*.py")))
+    gpu_files = sorted(
+        str(Path(p).relative_to(ROOT)) for p in glob.glob(str(ROOT / "tests" / "test_*gpu*.py"))
+        if Path(p).name != "test_gpu_check.py"  # this script's own test would run it again
+    )
     test_targets = gpu_files if smoke else ["tests/"]
     bench = [py, "bench/slot_attn.py", "--csv", str(out / "slot_attn.csv")]
     steps = [
