@@ -11,7 +11,8 @@ Steps (each a subprocess with its own log and time cap, under one overall deadli
   compile    ``bench/slot_attn.py`` providers eager + torch.compile (``--compile-mode``, default
              ``default``: max-autotune's autotuning does not fit the window) for the module
              fwd+bwd at the three benchmark problems                            -> slot_attn.csv, compile.log
-  traffic    ``bench/traffic.py`` (the model, counted on the CPU)               -> traffic-model.csv, traffic.log
+  traffic    ``bench/traffic.py`` (the model, counted on the CPU, run beside the GPU steps)
+                                                                                -> traffic-model.csv, traffic.log
   compare    measured ms (this GPU) against the model's ms for the matching device -> compare.csv, summary.md
 
 ``--cpu-smoke`` runs the same steps end to end on a machine without a GPU, reduced (the GPU tests
@@ -32,6 +33,7 @@ import datetime as _dt
 import glob
 import json
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -55,33 +57,30 @@ def _steps(args, out: Path) -> list[dict]:
     )
     test_targets = gpu_files if smoke else ["tests/"]
     bench = [py, "bench/slot_attn.py", "--csv", str(out / "slot_attn.csv")]
+    tests_cap, files_cap, bench_cap, compile_cap = (60, 60, 120, 60) if smoke else (75, 90, 150, 100)
     steps = [
-        dict(name="env", cmd=[py, "-c", _ENV_SNIPPET], cap=60, log="env.txt"),
+        dict(name="env", cmd=[py, "-c", _ENV_SNIPPET], cap=30, log="env.txt"),
         dict(name="tests (-m cuda)", cmd=[py, "-m", "pytest", "-q", "-m", "cuda", "-p", "no:cacheprovider", *test_targets],
-             cap=60 if smoke else 120, log="tests.log", env=gpu_env, ok_codes=(0, 5)),
+             cap=tests_cap, log="tests.log", env=gpu_env, ok_codes=(0, 5)),
         dict(name="tests (GPU files)", cmd=[py, "-m", "pytest", "-q", "-p", "no:cacheprovider", *gpu_files],
-             cap=60 if smoke else 120, log="tests.log", env=gpu_env, ok_codes=(0, 5)),
+             cap=files_cap, log="tests.log", env=gpu_env, ok_codes=(0, 5)),
     ]
     if smoke:
-        steps.append(dict(name="bench", cmd=bench + ["--shapes", "object-discovery", "--modes", "fwd", "step-fwd",
-                                                      "--providers", "slotvlm", "eager", "slot-attention"],
-                          cap=120, log="bench.log", env=gpu_env))
-        steps.append(dict(name="compile", cmd=bench + ["--shapes", "object-discovery", "--modes", "fwd",
-                                                        "--providers", "eager", "compile", "--compile-mode", args.compile_mode],
-                          cap=60, log="compile.log", env=gpu_env))
-        steps.append(dict(name="traffic", cmd=[py, "bench/traffic.py", "--small", "--shapes", "object-discovery",
-                                                "--modes", "fwd", "--dtypes", "bf16", "--providers", "slotvlm", "eager",
-                                                "--csv", str(out / "traffic-model.csv")],
-                          cap=120, log="traffic.log"))
+        bench_args = ["--shapes", "object-discovery", "--modes", "fwd", "step-fwd"]
+        compile_args = ["--shapes", "object-discovery", "--modes", "fwd"]
+        traffic_args = ["--small", "--shapes", "object-discovery", "--modes", "fwd", "--dtypes", "bf16",
+                        "--providers", "slotvlm", "eager"]
     else:
-        steps.append(dict(name="bench", cmd=bench + ["--providers", "slotvlm", "eager", "slot-attention"],
-                          cap=180, log="bench.log", env=gpu_env))
-        steps.append(dict(name="compile", cmd=bench + ["--shapes", "vlm-slow", "vlm-fast", "object-discovery",
-                                                        "--modes", "fwd+bwd", "--providers", "eager", "compile",
-                                                        "--compile-mode", args.compile_mode],
-                          cap=150, log="compile.log", env=gpu_env))
-        steps.append(dict(name="traffic", cmd=[py, "bench/traffic.py", "--csv", str(out / "traffic-model.csv")],
-                          cap=90, log="traffic.log"))
+        bench_args, traffic_args = [], []
+        compile_args = ["--shapes", "vlm-slow", "vlm-fast", "object-discovery", "--modes", "fwd+bwd"]
+    steps.append(dict(name="bench", cmd=bench + bench_args + ["--providers", "slotvlm", "eager", "slot-attention"],
+                      cap=bench_cap, log="bench.log", env=gpu_env))
+    steps.append(dict(name="compile", cmd=bench + compile_args + ["--providers", "eager", "compile", "--compile-mode",
+                                                                   args.compile_mode],
+                      cap=compile_cap, log="compile.log", env=gpu_env))
+    # the model counts on the CPU: it runs beside the GPU steps, started first and collected last
+    steps.append(dict(name="traffic", cmd=[py, "bench/traffic.py", *traffic_args, "--csv", str(out / "traffic-model.csv")],
+                      cap=400, log="traffic.log", background=True))
     if smoke:  # a shared CI machine can be slow: the caps guard the GPU window, not the smoke run
         for step in steps:
             step["cap"] *= 5
@@ -110,29 +109,68 @@ except OSError:
 """
 
 
+def _env(step) -> dict:
+    return {**os.environ, "PYTHONPATH": str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""), **step.get("env", {})}
+
+
+def _start(cmd, env, fh) -> subprocess.Popen:
+    """Start a step in its own process group, so a timeout can stop everything it started."""
+    return subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=fh, stderr=subprocess.STDOUT, start_new_session=True)
+
+
+def _kill(proc: subprocess.Popen) -> None:
+    try:
+        os.killpg(proc.pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+    proc.wait()
+
+
 def run_steps(steps: list[dict], out: Path, deadline: float) -> list[dict]:
-    results = []
+    results, background = [], []
+    for step in steps:  # background steps start now and are collected after the others
+        if step.get("background"):
+            fh = (out / step["log"]).open("a")
+            fh.write(f"$ {' '.join(step['cmd'])}\n")
+            fh.flush()
+            proc = _start(step["cmd"], _env(step), fh)
+            background.append((step, proc, fh, time.monotonic()))
     for step in steps:
+        if step.get("background"):
+            continue
         left = deadline - time.monotonic()
         log = out / step["log"]
         if left < 10:
             results.append(dict(step=step["name"], status="skipped (no time left)", seconds=0.0, log=step["log"]))
             continue
         cap = min(step["cap"], left)
-        env = {**os.environ, "PYTHONPATH": str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""), **step.get("env", {})}
+        env = _env(step)
         t0 = time.monotonic()
         with log.open("a") as fh:
             fh.write(f"$ {' '.join(step['cmd'])}\n")
             fh.flush()
+            proc = _start(step["cmd"], env, fh)
             try:
-                proc = subprocess.run(step["cmd"], cwd=ROOT, env=env, stdout=fh, stderr=subprocess.STDOUT, timeout=cap)
-                code = proc.returncode
+                code = proc.wait(timeout=cap)
                 status = "ok" if code in step.get("ok_codes", (0,)) else f"FAILED (exit {code})"
             except subprocess.TimeoutExpired:
+                _kill(proc)
                 status = f"TIMED OUT after {cap:.0f} s"
         seconds = time.monotonic() - t0
         results.append(dict(step=step["name"], status=status, seconds=round(seconds, 1), log=step["log"]))
         print(f"  {step['name']:<18} {status:<24} {seconds:6.1f} s  -> {log}", flush=True)
+    for step, proc, fh, t0 in background:
+        wait = max(1.0, min(step["cap"] - (time.monotonic() - t0), deadline - time.monotonic()))
+        try:
+            code = proc.wait(timeout=wait)
+            status = "ok" if code in step.get("ok_codes", (0,)) else f"FAILED (exit {code})"
+        except subprocess.TimeoutExpired:
+            _kill(proc)
+            status = f"TIMED OUT after {time.monotonic() - t0:.0f} s"
+        fh.close()
+        seconds = time.monotonic() - t0
+        results.append(dict(step=step["name"], status=status, seconds=round(seconds, 1), log=step["log"]))
+        print(f"  {step['name']:<18} {status:<24} {seconds:6.1f} s  -> {out / step['log']} (ran beside the others)", flush=True)
     return results
 
 

@@ -27,7 +27,7 @@ def _module():
 def test_cpu_smoke_runs_end_to_end_into_one_folder(tmp_path):
     out = tmp_path / "run"
     proc = subprocess.run([sys.executable, str(SCRIPT), "--cpu-smoke", "--out", str(out)],
-                          capture_output=True, text=True, timeout=1800)
+                          capture_output=True, text=True, timeout=1800, start_new_session=True)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     steps = json.loads((out / "steps.json").read_text())
     assert [s["step"] for s in steps] == ["env", "tests (-m cuda)", "tests (GPU files)", "bench", "compile", "traffic"]
