@@ -827,7 +827,8 @@ def _print_targets(seen: dict) -> None:
                 continue
             ok = got >= goal if kind == "x_eager" else got <= goal
             word = ">=" if kind == "x_eager" else "<="
-            lines.append(f"  {key:<34}{kind:<9} {got:>8.2f} (target {word} {goal:g}): {'holds' if ok else 'MISSES'}"
+            shown = f"{got:>8.0f}" if kind == "launches" else f"{got:>8.2f}"
+            lines.append(f"  {key:<34}{kind:<9} {shown} (target {word} {goal:g}): {'holds' if ok else 'MISSES'}"
                          + ("" if kind != "x_eager" else " [H100 model]"))
     if lines:
         print("\nissue-12 targets for slotvlm (bench/budgets.json):")
