@@ -142,6 +142,7 @@ def run_steps(steps: list[dict], out: Path, deadline: float) -> list[dict]:
         log = out / step["log"]
         if left < 10:
             results.append(dict(step=step["name"], status="skipped (no time left)", seconds=0.0, log=step["log"]))
+            print(f"  {step['name']:<18} skipped (no time left)", flush=True)
             continue
         cap = min(step["cap"], left)
         env = _env(step)
@@ -149,29 +150,25 @@ def run_steps(steps: list[dict], out: Path, deadline: float) -> list[dict]:
         with log.open("a") as fh:
             fh.write(f"$ {' '.join(step['cmd'])}\n")
             fh.flush()
-            proc = _start(step["cmd"], env, fh)
-            try:
-                code = proc.wait(timeout=cap)
-                status = "ok" if code in step.get("ok_codes", (0,)) else f"FAILED (exit {code})"
-            except subprocess.TimeoutExpired:
-                _kill(proc)
-                status = f"TIMED OUT after {cap:.0f} s"
-        seconds = time.monotonic() - t0
-        results.append(dict(step=step["name"], status=status, seconds=round(seconds, 1), log=step["log"]))
-        print(f"  {step['name']:<18} {status:<24} {seconds:6.1f} s  -> {log}", flush=True)
+            _finish(step, _start(step["cmd"], env, fh), cap, t0, results, str(log))
     for step, proc, fh, t0 in background:
         wait = max(1.0, min(step["cap"] - (time.monotonic() - t0), deadline - time.monotonic()))
-        try:
-            code = proc.wait(timeout=wait)
-            status = "ok" if code in step.get("ok_codes", (0,)) else f"FAILED (exit {code})"
-        except subprocess.TimeoutExpired:
-            _kill(proc)
-            status = f"TIMED OUT after {time.monotonic() - t0:.0f} s"
+        _finish(step, proc, wait, t0, results, f"{out / step['log']} (ran beside the others)")
         fh.close()
-        seconds = time.monotonic() - t0
-        results.append(dict(step=step["name"], status=status, seconds=round(seconds, 1), log=step["log"]))
-        print(f"  {step['name']:<18} {status:<24} {seconds:6.1f} s  -> {out / step['log']} (ran beside the others)", flush=True)
     return results
+
+
+def _finish(step, proc, timeout, t0, results, where) -> None:
+    """Wait for a step (stopping it at the timeout) and record its status and time."""
+    try:
+        code = proc.wait(timeout=timeout)
+        status = "ok" if code in step.get("ok_codes", (0,)) else f"FAILED (exit {code})"
+    except subprocess.TimeoutExpired:
+        _kill(proc)
+        status = f"TIMED OUT after {time.monotonic() - t0:.0f} s"
+    seconds = time.monotonic() - t0
+    results.append(dict(step=step["name"], status=status, seconds=round(seconds, 1), log=step["log"]))
+    print(f"  {step['name']:<18} {status:<24} {seconds:6.1f} s  -> {where}", flush=True)
 
 
 def compare(out: Path) -> list[dict]:
