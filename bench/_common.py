@@ -1,6 +1,9 @@
 """Shared by the benchmarks in bench/: timing (do_bench on GPU, wall clock on CPU), the device /
-commit / version stamps, and appending rows to ``bench/results/<device>.csv`` with the common
-columns."""
+commit / version stamps, and appending rows to ``<device>.csv`` with the common columns.
+
+Where rows go: ``bench/results/`` (committed results) only with ``--save``; otherwise a folder
+outside the checkout, ``$SLOTVLM_BENCH_DIR`` or ``<system temp>/slotvlm-bench``, so a quick run
+leaves no untracked file. ``--csv FILE`` names the file explicitly; ``--no-csv`` writes nothing."""
 from __future__ import annotations
 
 import csv
@@ -8,6 +11,7 @@ import os
 import platform
 import re
 import subprocess
+import tempfile
 import time
 from pathlib import Path
 
@@ -76,15 +80,45 @@ def triton_version() -> str:
         return "none"
 
 
-def append_rows(rows: list[dict], dev_name: str, csv_path: str | None = None) -> Path:
-    """Append ``rows`` (dicts with at least :data:`COLUMNS`; other keys are ignored) to
-    ``csv_path`` or ``bench/results/<device slug>.csv``, writing the header to a new file."""
-    slug = re.sub(r"[^a-z0-9]+", "-", dev_name.lower()).strip("-")
-    path = Path(csv_path) if csv_path else ROOT / "bench" / "results" / f"{slug}.csv"
+RESULTS = ROOT / "bench" / "results"
+ENV_DIR = "SLOTVLM_BENCH_DIR"
+
+
+def output_dir(save: bool = False) -> Path:
+    """``bench/results/`` when ``save``; else ``$SLOTVLM_BENCH_DIR`` or ``<temp>/slotvlm-bench``."""
+    if save:
+        return RESULTS
+    return Path(os.environ.get(ENV_DIR) or Path(tempfile.gettempdir()) / "slotvlm-bench")
+
+
+def add_output_args(parser, default_name: str = "<device>.csv") -> None:
+    """The ``--save`` / ``--csv`` / ``--no-csv`` flags every benchmark shares."""
+    parser.add_argument(
+        "--save", action="store_true",
+        help=f"append the rows to bench/results/{default_name} (the committed results); without it they go to "
+        f"${ENV_DIR} or <temp>/slotvlm-bench/, outside the checkout",
+    )
+    parser.add_argument("--csv", default=None, help="CSV file to append to (overrides --save)")
+    parser.add_argument("--no-csv", action="store_true", help="print only, write nothing")
+
+
+def slug(name: str) -> str:
+    return re.sub(r"[^a-z0-9]+", "-", name.lower()).strip("-")
+
+
+def append_rows(
+    rows: list[dict], dev_name: str, csv_path: str | None = None, *, save: bool = False,
+    columns: list[str] | None = None, file_name: str | None = None,
+) -> Path:
+    """Append ``rows`` (dicts with at least ``columns``, default :data:`COLUMNS`; other keys are
+    ignored) to ``csv_path``, or to ``file_name`` (default ``<device slug>.csv``) in
+    :func:`output_dir` (``bench/results/`` only when ``save``), writing the header to a new file."""
+    columns = columns or COLUMNS
+    path = Path(csv_path) if csv_path else output_dir(save) / (file_name or f"{slug(dev_name)}.csv")
     path.parent.mkdir(parents=True, exist_ok=True)
     new = not path.exists() or path.stat().st_size == 0
     with path.open("a", newline="") as fh:
-        writer = csv.DictWriter(fh, fieldnames=COLUMNS, extrasaction="ignore")
+        writer = csv.DictWriter(fh, fieldnames=columns, extrasaction="ignore")
         if new:
             writer.writeheader()
         writer.writerows(rows)

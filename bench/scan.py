@@ -37,7 +37,7 @@ sys.path.insert(0, str(ROOT / "bench"))
 
 import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
-from _common import append_rows, commit, device_name, time_cpu, time_gpu, triton_version  # noqa: E402
+from _common import add_output_args, append_rows, commit, device_name, time_cpu, time_gpu, triton_version  # noqa: E402
 
 PROVIDERS = ("slotvlm", "reference", "parallel", "compile")
 GPU_ONLY = ("slotvlm", "compile")
@@ -132,7 +132,7 @@ def parse_args(argv=None):
     p = argparse.ArgumentParser(
         description="Benchmark the selective scan: fused Triton kernels vs the sequential PyTorch "
         "reference vs a PyTorch parallel scan (and torch.compile of it on GPU). Prints a table and "
-        "appends rows to bench/results/<device>.csv. Without CUDA it runs the reference providers "
+        "appends rows to <device>.csv (in bench/results/ only with --save). Without CUDA it runs the reference providers "
         "at reduced sizes in fp32 and says what it skipped.",
         epilog="Example: python bench/scan.py --shapes slotssm-video --modes fwd fwd+bwd",
     )
@@ -140,8 +140,7 @@ def parse_args(argv=None):
     p.add_argument("--modes", nargs="+", default=list(MODES), choices=MODES, help="fwd and/or fwd+bwd")
     p.add_argument("--providers", nargs="+", default=list(PROVIDERS), choices=PROVIDERS, help="implementations to time")
     p.add_argument("--dtype", choices=("bf16", "fp16", "fp32"), default=None, help="input dtype (default bf16 on GPU, fp32 on CPU; the state is fp32 always)")
-    p.add_argument("--csv", default=None, help="CSV file to append to (default bench/results/<device>.csv)")
-    p.add_argument("--no-csv", action="store_true", help="print only, append nothing")
+    add_output_args(p)
     return p.parse_args(argv)
 
 
@@ -210,7 +209,7 @@ def main(argv=None) -> int:
     if not cuda:
         print("\nNo CUDA GPU on this machine: the slotvlm (Triton) and compile providers were skipped; sizes are the reduced CPU ones.")
     if rows and not args.no_csv:
-        path = append_rows(rows, dev_name, args.csv)
+        path = append_rows(rows, dev_name, args.csv, save=args.save)
         print(f"\nappended {len(rows)} rows to {path}")
     return 0
 

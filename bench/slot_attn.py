@@ -20,7 +20,8 @@ Shapes (``--shapes``; bf16 on GPU, K slots, D width, P problems of N tokens):
 
 On a machine without CUDA only the reference providers run (eager, and slot-attention when
 installed), at reduced sizes, in fp32; what is skipped is printed. Every run appends rows to
-``bench/results/<device>.csv`` with the columns
+``<device>.csv`` in ``bench/results/`` with ``--save``, otherwise in ``$SLOTVLM_BENCH_DIR`` or
+``<temp>/slotvlm-bench/`` (outside the checkout; the path is printed), with the columns
 ``timestamp,commit,device,torch,triton,shape,mode,provider,dtype,ms,tflops,gbps,peak_mem_mb``.
 FLOP and byte counts are the formulas in :func:`flops` and :func:`bytes_moved` (the same for every
 provider, so speedups are time ratios); ms is the median of ``triton.testing.do_bench`` on GPU
@@ -41,11 +42,12 @@ sys.path.insert(0, str(ROOT))  # run from a checkout without installing
 import torch  # noqa: E402
 
 sys.path.insert(0, str(ROOT / "bench"))
-from _common import append_rows, commit, device_name, time_cpu, time_gpu, triton_version  # noqa: E402
+from _common import add_output_args, append_rows, commit, device_name, time_cpu, time_gpu, triton_version  # noqa: E402
 PROVIDERS = ("slotvlm", "eager", "compile", "slot-attention")
 EXTRA_PROVIDERS = ("slotvlm-kv",)  # on request: the Triton step on explicit k/v (no projection folding)
 MODES = ("fwd", "fwd+bwd", "step-fwd", "step-fwd+bwd")
 ITERS = 3
+COMPILE_MODE = "max-autotune"  # --compile-mode; rows of another mode name the provider compile:<mode>
 
 
 @dataclass(frozen=True)
@@ -179,7 +181,7 @@ def _module_case(shape, provider, mode, device, dtype):
         if provider == "slotvlm-kv":
             model.fold_projections = False
         if provider == "compile":
-            model = torch.compile(model, mode="max-autotune")
+            model = torch.compile(model, mode=COMPILE_MODE)
         if provider.startswith("slotvlm") and shape.varlen:
             max_len = max(shape.lengths())
             call = lambda: model.forward_varlen(packed, cu, max_seqlen=max_len)  # noqa: E731
@@ -231,7 +233,7 @@ def _step_case(shape, provider, mode, device, dtype):
     else:
         step = slot_attention_step_ref
         if provider == "compile":
-            step = torch.compile(slot_attention_step_ref, mode="max-autotune")
+            step = torch.compile(slot_attention_step_ref, mode=COMPILE_MODE)
         tensors = [q, k, v]
         call = lambda q, k, v: step(q, k, v, mask, scale=scale)[0]  # noqa: E731
     if mode == "step-fwd":
@@ -285,7 +287,7 @@ def roofline(device: str, dtype: torch.dtype):
 def parse_args(argv=None):
     p = argparse.ArgumentParser(
         description=__doc__.split("\n\n")[0]
-        + " Prints a table and appends rows to bench/results/<device>.csv. Without CUDA it runs the "
+        + " Prints a table and appends rows to <device>.csv (in bench/results/ with --save). Without CUDA it runs the "
         "reference providers at reduced sizes and says what it skipped.",
         formatter_class=argparse.RawDescriptionHelpFormatter,
         epilog="\n\n".join(__doc__.split("\n\n")[1:]),
@@ -299,8 +301,12 @@ def parse_args(argv=None):
     p.add_argument("--dtype", default=None, choices=("bf16", "fp16", "fp32"), help="default: bf16 on GPU, fp32 on CPU")
     p.add_argument("--device", default=None, help="default: cuda if available, else cpu")
     p.add_argument("--full-size", action="store_true", help="on CPU, use the GPU sizes (slow)")
-    p.add_argument("--csv", default=None, help="CSV file to append to (default bench/results/<device>.csv)")
-    p.add_argument("--no-csv", action="store_true", help="print only, write nothing")
+    p.add_argument(
+        "--compile-mode", default="max-autotune",
+        choices=("max-autotune", "default", "reduce-overhead", "max-autotune-no-cudagraphs"),
+        help="torch.compile mode of provider compile (rows of another mode than max-autotune say compile:<mode>)",
+    )
+    add_output_args(p)
     return p.parse_args(argv)
 
 
@@ -313,6 +319,8 @@ def main(argv=None) -> int:
 
 
 def _run(args) -> int:
+    global COMPILE_MODE
+    COMPILE_MODE = args.compile_mode
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     cuda = device.type == "cuda"
     if cuda and os.environ.get("TRITON_INTERPRET") == "1":
@@ -373,7 +381,7 @@ def _run(args) -> int:
                         **meta,
                         shape=shape_name if (cuda or args.full_size) else f"{shape_name}-small",
                         mode=mode,
-                        provider=provider,
+                        provider=provider if provider != "compile" or COMPILE_MODE == "max-autotune" else f"compile:{COMPILE_MODE}",
                         dtype=str(dtype).replace("torch.", ""),
                         ms=f"{ms:.4f}",
                         tflops=f"{tflops:.3f}",
@@ -393,7 +401,7 @@ def _run(args) -> int:
     if not cuda:
         print("\nThe GPU-only rows above were skipped because this machine has no CUDA GPU.")
     if rows and not args.no_csv:
-        path = append_rows(rows, dev_name, args.csv)
+        path = append_rows(rows, dev_name, args.csv, save=args.save)
         print(f"\nappended {len(rows)} rows to {path}")
     return 0
 

@@ -16,7 +16,8 @@ Pipeline (all through the library's public code paths, tiny random models, no do
      majority (the most common training answer to the same question text — the best a model that
      ignores the video can do), and against the same LLM fed the untrained connector's tokens.
 
-Results are printed as JSON and appended to bench/results/train_synth.csv.
+Results are printed as JSON and appended to train_synth.csv: in bench/results/ with --save, otherwise
+in $SLOTVLM_BENCH_DIR or <temp>/slotvlm-bench/ (outside the checkout).
 """
 from __future__ import annotations
 
@@ -166,6 +167,8 @@ def baselines(train_examples, qa_dir: str) -> dict:
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--out", required=True)
+    ap.add_argument("--save", action="store_true",
+                    help="append the result row to bench/results/train_synth.csv (default: $SLOTVLM_BENCH_DIR or <temp>/slotvlm-bench/)")
     ap.add_argument("--videos", type=int, default=300)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--text-steps", type=int, default=1500, help="steps teaching the LLM to answer from descriptions")
@@ -235,8 +238,11 @@ def main() -> int:
         "examples": [(q["question"], p, a) for q, p, a in preds[:8]],
     }
     print(json.dumps(res, indent=1))
-    os.makedirs(os.path.join(ROOT, "bench", "results"), exist_ok=True)
-    path = os.path.join(ROOT, "bench", "results", "train_synth.csv")
+    sys.path.insert(0, os.path.join(ROOT, "bench"))
+    from _common import output_dir  # noqa: PLC0415
+
+    os.makedirs(output_dir(args.save), exist_ok=True)
+    path = os.path.join(output_dir(args.save), "train_synth.csv")
     new = not os.path.exists(path)
     try:
         commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True).stdout.strip()
@@ -251,6 +257,7 @@ def main() -> int:
                     f"{torch.get_num_threads()} threads)", torch.__version__, commit, args.videos, len(log), args.lr,
                     round(res["majority_acc"], 4), round(res["per_question_majority_acc"], 4), round(acc0, 4),
                     round(acc, 4), round(acc_caption, 4), res["seconds"]["total"]])
+    print(f"appended 1 row to {path}")
     return 0
 
 

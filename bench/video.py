@@ -6,8 +6,9 @@
    ``CLIPImageProcessor`` configured as for openai/clip-vit-large-patch14 (frames/s per frame size),
    with the largest difference between the two printed as a check.
 
-Prints a table and appends one CSV row per measurement to
-``bench/results/video-<cpu>.csv`` (timestamp, commit, device, torch, what, frames_per_s, speedup).
+Prints a table and appends one CSV row per measurement to ``video-<cpu>.csv`` (timestamp, commit,
+device, torch, what, frames_per_s, speedup): in ``bench/results/`` with ``--save``, otherwise in
+``$SLOTVLM_BENCH_DIR`` or ``<temp>/slotvlm-bench/`` (outside the checkout).
 
     python bench/video.py                 # defaults: well under a minute on a 2-core CPU
     python bench/video.py --sizes 1080x1920 --frames 64 --threads 1
@@ -30,6 +31,8 @@ import numpy as np
 import torch
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "bench"))
+from _common import output_dir  # noqa: E402
 
 
 def cpu_name() -> str:
@@ -143,8 +146,9 @@ def main(argv=None) -> int:
     ap.add_argument("--video-size", type=parse_size, default=(360, 640), help="HEIGHTxWIDTH of the clip")
     ap.add_argument("--video-fps", type=int, default=30, help="native frame rate of the clip")
     ap.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's)")
-    ap.add_argument("--csv", type=Path, default=None,
-                    help="CSV to append to (default bench/results/video-<cpu>.csv)")
+    ap.add_argument("--save", action="store_true",
+                    help="append to bench/results/video-<cpu>.csv (default: $SLOTVLM_BENCH_DIR or <temp>/slotvlm-bench/)")
+    ap.add_argument("--csv", type=Path, default=None, help="CSV to append to (overrides --save)")
     ap.add_argument("--no-csv", action="store_true", help="print only, append nothing")
     args = ap.parse_args(argv)
     sizes = [parse_size(s) for s in args.sizes.split(",") if s.strip()]
@@ -185,7 +189,7 @@ def main(argv=None) -> int:
         print(f"{what:<34} {ours:>10.1f} {base:>13.1f} {ours / base:>7.2f}x  {name:<24} {note}")
 
     if not args.no_csv:
-        out = args.csv or ROOT / "bench" / "results" / f"video-{re.sub(r'[^a-z0-9]+', '-', cpu.lower()).strip('-')}.csv"
+        out = args.csv or output_dir(args.save) / f"video-{re.sub(r'[^a-z0-9]+', '-', cpu.lower()).strip('-')}.csv"
         out.parent.mkdir(parents=True, exist_ok=True)
         new = not out.exists()
         stamp = _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")

@@ -6,11 +6,27 @@ lowers every kernel through Triton's real NVIDIA pipeline (TTIR → TTGIR → LL
 the bundled ptxas) for the first autotune tiles and the interpreter's layout, and prints one line
 per kernel. Run with TRITON_INTERPRET unset: ``python tests/aot_sm90.py``. Exit status 0 = all
 compiled; 3 = this Triton build cannot target NVIDIA (nothing checked).
+
+Each line also gives the compiled kernel's resources on sm_90 (``cuobjdump -res-usage`` of the cubin
+that Triton's ptxas, ``ptxas-blackwell`` for sm_90+, produced): registers per thread, local memory
+per thread (> 0 means ptxas spilled registers: Triton kernels use no local arrays), shared memory per
+CTA (Triton's dynamic + the static part), and the occupancy that follows on an H100/H200 SM
+(65,536 registers, 228 KB shared memory with 1 KB reserved per CTA, 2,048 threads, 32 CTAs;
+132 SMs on an H100 SXM), with what limits it.
+
+``--tiles`` compiles instead every tile the launchers can choose (the autotune configurations
+after pruning, and the GRU launcher's blocks) at the benchmark widths, and prints one table;
+``--fail-on-spill`` makes any spill exit with status 1. ``--jobs N`` compiles in N processes.
 """
 from __future__ import annotations
 
+import argparse
 import os
+import re
+import subprocess
 import sys
+import tempfile
+from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
@@ -29,6 +45,9 @@ import kernels.gru as kgru  # noqa: E402
 import kernels.slot_attention as ksa  # noqa: E402
 
 TARGET = GPUTarget("cuda", 90, 32)
+# sm_90 (H100/H200) per-SM limits for the occupancy column
+SM90 = dict(regs=65536, smem=228 * 1024, smem_reserved_per_cta=1024, threads=2048, ctas=32, warps=64, sms=132,
+            reg_unit=256)
 
 
 def _have_ptxas() -> bool:
@@ -41,7 +60,7 @@ POINTERS = {"den": "fp32", "ws_acc": "fp32", "ws_den": "fp32", "ws_dq": "fp32", 
 FLOATS = {"scale", "eps", "floor"}
 
 
-def compile_kernel(kernel, dtype: str, constexprs: dict, num_warps: int) -> None:
+def compile_kernel(kernel, dtype: str, constexprs: dict, num_warps: int, num_stages: int = 2):
     jit = kernel.fn if hasattr(getattr(kernel, "fn", None), "arg_names") else kernel
     signature = {}
     for name in jit.arg_names:
@@ -54,7 +73,41 @@ def compile_kernel(kernel, dtype: str, constexprs: dict, num_warps: int) -> None
         else:
             signature[name] = "*" + POINTERS.get(name, dtype)
     src = ASTSource(fn=jit, signature=signature, constexprs=constexprs)
-    triton.compile(src, target=TARGET, options={"num_warps": num_warps, "num_stages": 2})
+    return triton.compile(src, target=TARGET, options={"num_warps": num_warps, "num_stages": num_stages})
+
+
+def resources(compiled, num_warps: int) -> dict:
+    """Registers, local (spill) bytes per thread, shared bytes per CTA and sm_90 occupancy of a
+    compiled kernel, read from its cubin with the cuobjdump Triton bundles."""
+    tool = Path(triton.__file__).parent / "backends" / "nvidia" / "bin" / "cuobjdump"
+    with tempfile.NamedTemporaryFile(suffix=".cubin") as fh:
+        fh.write(compiled.asm["cubin"])
+        fh.flush()
+        text = subprocess.run([str(tool), "-res-usage", fh.name], capture_output=True, text=True, check=True).stdout
+    usage = dict(re.findall(r"(REG|STACK|SHARED|LOCAL):(\d+)", text))
+    regs, local = int(usage.get("REG", 0)), int(usage.get("LOCAL", 0)) + int(usage.get("STACK", 0))
+    smem = int(usage.get("SHARED", 0)) + int(getattr(compiled.metadata, "shared", 0) or 0)
+    return dict(regs=regs, spill=local, smem=smem, **occupancy(regs, smem, num_warps))
+
+
+def occupancy(regs: int, smem: int, num_warps: int) -> dict:
+    """CTAs per SM on sm_90 and the fraction of the 64 warp slots they fill, with the limiter."""
+    unit = SM90["reg_unit"]
+    warp_regs = -(-max(regs, 1) * 32 // unit) * unit
+    limits = {
+        "registers": SM90["regs"] // (warp_regs * num_warps),
+        "shared memory": SM90["smem"] // (smem + SM90["smem_reserved_per_cta"]),
+        "threads": SM90["threads"] // (32 * num_warps),
+        "CTA slots": SM90["ctas"],
+    }
+    ctas = min(limits.values())
+    limiter = min(limits, key=limits.get)
+    return dict(ctas=ctas, occupancy=ctas * num_warps / SM90["warps"], limiter=limiter)
+
+
+def describe(res: dict) -> str:
+    return (f"regs {res['regs']:>3}  spill {res['spill']:>4} B  smem {res['smem'] / 1024:>6.1f} KB  "
+            f"{res['ctas']} CTA/SM  occupancy {100 * res['occupancy']:>4.1f}% ({res['limiter']})")
 
 
 def kernel_args(kernel) -> list[str]:
@@ -81,10 +134,8 @@ def slot_attn_constexprs(which, dtype, K, DH, tile, *, mask, varlen, attn, split
     return c
 
 
-def main() -> int:
-    if not _have_ptxas():
-        print("no ptxas (Triton's NVIDIA backend is not bundled here); nothing checked")
-        return 3
+def checked_cases() -> list:
+    """The fixed set of flag combinations the kernel tests rely on (first/last autotune tiles)."""
     cases = []
     for which, kernel, tiles in (("fwd", ksa._slot_attn_fwd_kernel, ksa._FWD_TILES), ("bwd", ksa._slot_attn_bwd_kernel, ksa._BWD_TILES)):
         args = kernel.fn.arg_names
@@ -99,13 +150,85 @@ def main() -> int:
     for kernel in (kgru._gru_gates_fwd_kernel, kgru._gru_gates_bwd_kernel):
         for dtype in ("bf16", "fp32"):
             cases.append((f"{kernel.__name__} {dtype}", kernel, dtype, dict(D=1024, BLOCK_M=16, BLOCK_D=256), 4))
-    for label, kernel, dtype, constexprs, warps in cases:
-        flags = {n for n in kernel_args(kernel) if n.isupper() and n.startswith(("HAS_", "IS_", "STORE_", "NORMALIZE"))}
-        missing = flags - set(constexprs)
-        if missing:
-            raise SystemExit(f"{label}: flags without a value: {sorted(missing)}")
-        compile_kernel(kernel, dtype, constexprs, warps)
-        print("compiled", label, flush=True)
+    return [(label, kernel, dtype, c, warps, 2) for label, kernel, dtype, c, warps in cases]
+
+
+# The benchmark problems whose selectable tiles --tiles compiles: (name, dtype, K, DH, flags) with the
+# flags of SlotAttention's one-head projected path (bias = the folded key bias; split = the GPU's
+# N-split, taken when P*H < #SMs, as at object-discovery).
+TILE_SHAPES = [
+    ("vlm", "bf16", 8, 1024, dict(mask=False, varlen=False, attn=False, split=False, bias=True)),
+    ("vlm-varlen", "bf16", 8, 1024, dict(mask=False, varlen=True, attn=False, split=False, bias=True)),
+    ("object-discovery", "bf16", 7, 64, dict(mask=False, varlen=False, attn=False, split=True, bias=True)),
+]
+
+
+def tile_cases() -> list:
+    """Every tile the launchers can choose at :data:`TILE_SHAPES`: the slot-attention autotune
+    configurations after the launcher's pruning, and the GRU launcher's blocks for D."""
+    cases = []
+    for name, dtype, K, DH, flags in TILE_SHAPES:
+        for which, kernel in (("fwd", ksa._slot_attn_fwd_kernel), ("bwd", ksa._slot_attn_bwd_kernel)):
+            args = kernel.fn.arg_names
+            for cfg in ksa._prune(ksa._gpu_configs(which), {"DH": DH}):
+                kw = cfg.kwargs
+                tile = (kw["BLOCK_N"], kw["BLOCK_DV"], cfg.num_warps)
+                c = {k: v for k, v in slot_attn_constexprs(which, dtype, K, DH, tile, **flags).items() if k in args}
+                c["BLOCK_DK"] = kw["BLOCK_DK"]
+                label = f"{kernel.fn.__name__:<22} {name:<17} {dtype} K={K} DH={DH:<5} N{kw['BLOCK_N']:>3} DV{kw['BLOCK_DV']:>5} DK{kw['BLOCK_DK']:>4} w{cfg.num_warps}"
+                cases.append((label, kernel, dtype, c, cfg.num_warps, cfg.num_stages))
+    for D in sorted({DH for _, _, _, DH, _ in TILE_SHAPES}):
+        bm, bd = kgru._blocks(4096, D)
+        for kernel in (kgru._gru_gates_fwd_kernel, kgru._gru_gates_bwd_kernel):
+            label = f"{kernel.__name__:<22} D={D:<5} M{bm:>3} D{bd:>4} w4"
+            cases.append((label, kernel, "bf16", dict(D=D, BLOCK_M=bm, BLOCK_D=bd), 4, 2))
+    return cases
+
+
+def _compile_index(tiles: bool, index: int):
+    """Compile case ``index`` (by number: kernels do not pickle into worker processes)."""
+    return _compile_case((tile_cases() if tiles else checked_cases())[index])
+
+
+def _compile_case(case):
+    label, kernel, dtype, constexprs, warps, stages = case
+    flags = {n for n in kernel_args(kernel) if n.isupper() and n.startswith(("HAS_", "IS_", "STORE_", "NORMALIZE"))}
+    missing = flags - set(constexprs)
+    if missing:
+        raise SystemExit(f"{label}: flags without a value: {sorted(missing)}")
+    return label, resources(compile_kernel(kernel, dtype, constexprs, warps, stages), warps)
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], epilog=__doc__.split("\n\n", 1)[1],
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--tiles", action="store_true", help="compile every selectable tile at the benchmark widths")
+    p.add_argument("--fail-on-spill", action="store_true", help="exit 1 if any compiled kernel spills registers")
+    p.add_argument("--jobs", type=int, default=1, help="compile in this many processes")
+    args = p.parse_args(argv)
+    if not _have_ptxas():
+        print("no ptxas (Triton's NVIDIA backend is not bundled here); nothing checked")
+        return 3
+    cases = tile_cases() if args.tiles else checked_cases()
+    if args.tiles:
+        print(f"sm_90 resources of every selectable tile ({len(cases)} kernels; {SM90['sms']} SMs, "
+              f"{SM90['regs']} regs and {SM90['smem'] // 1024} KB smem per SM)")
+    spills = []
+    if args.jobs > 1:
+        import functools
+
+        with ProcessPoolExecutor(args.jobs) as pool:
+            results = list(pool.map(functools.partial(_compile_index, args.tiles), range(len(cases))))
+    else:
+        results = map(_compile_case, cases)
+    for label, res in results:
+        print("compiled", label, "|", describe(res), flush=True)
+        if res["spill"]:
+            spills.append(label)
+    if spills:
+        print(f"\n{len(spills)} kernel(s) spill registers:\n  " + "\n  ".join(spills))
+        if args.fail_on_spill:
+            return 1
     return 0
 
 

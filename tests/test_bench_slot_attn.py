@@ -50,3 +50,23 @@ def test_cost_formulas(bench):
     v = bench.Shape(P=32, N=300, D=8, K=3, hidden=4, varlen=True)
     lengths = v.lengths()
     assert len(lengths) == 32 and min(lengths) >= 60 and max(lengths) <= 300 and len(set(lengths)) > 1
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the CPU fallback")
+def test_rows_go_outside_the_checkout_unless_saved(bench, tmp_path, monkeypatch, capsys):
+    import _common
+
+    argv = ["--shapes", "object-discovery", "--modes", "step-fwd", "--providers", "eager"]
+    scratch, results = tmp_path / "scratch", tmp_path / "results"
+    monkeypatch.setenv("SLOTVLM_BENCH_DIR", str(scratch))
+    monkeypatch.setattr(_common, "RESULTS", results)  # stands in for bench/results/
+    assert bench.main(argv) == 0
+    written = list(scratch.glob("*.csv"))
+    assert len(written) == 1 and not results.exists()
+    assert str(written[0]) in capsys.readouterr().out
+    assert bench.main(argv + ["--save"]) == 0
+    assert [p.name for p in results.glob("*.csv")] == [written[0].name]
+    assert len(list(csv.reader(written[0].open()))) == 2  # header + the one unsaved row
+    monkeypatch.delenv("SLOTVLM_BENCH_DIR")
+    assert _common.output_dir().name == "slotvlm-bench"
+    assert not _common.output_dir().resolve().is_relative_to(BENCH.parent.parent.resolve())
