@@ -34,7 +34,7 @@ def _step_impl(backend: str):
             from ..ops import fused  # noqa: PLC0415  (imports triton lazily)
         except ImportError as exc:
             raise ValueError(f"backend='triton' is not available in this build: {exc}") from exc
-        return fused.slot_attention_step, fused.gru_cell
+        return fused.slot_attention_step, fused._gru_cell  # the module checks its inputs once per call
     raise ValueError(f"unknown backend {backend!r}")
 
 
@@ -228,24 +228,41 @@ class SlotAttention(nn.Module):
         step, gru = _step_impl(backend)
         slots = self._start_slots(slots, b, num_slots, inputs, deterministic_init)
 
-        attend = self._attender(backend, step, self.norm_input(inputs), mask=mask)
+        attend = self._attender(backend, step, self.norm_input(inputs), slots.shape[1], mask=mask)
         slots, attn = self._iterate(slots, attend, gru, return_attn)
         if return_attn:
             return slots, attn.mean(dim=1)
         return slots
 
-    def _attender(self, backend, step, x, *, mask=None, cu_seqlens=None, max_seqlen=None):
+    def _attender(self, backend, step, x, num_slots, *, mask=None, cu_seqlens=None, max_seqlen=None):
         """``attend(q [P, K, H, Dh], want_attn) -> (updates [P, K, H, Dh], attn | None)`` over the
         normalised inputs x (``[P, N, dim]``, or ``[T, dim]`` packed with cu_seqlens)."""
         h, dh = self.heads, self.dim_head
         kw = dict(scale=self.scale, eps=self.eps)
         if backend == "triton" and self.combine_heads is None and self.fold_projections:
-            from ..ops.fused import slot_attention_step_projected  # noqa: PLC0415
+            from ..ops.fused import _projected_step, x_grad_tokens  # noqa: PLC0415
+
+            # Cast once: under autocast the folded step runs in the autocast dtype; converting the
+            # normalised inputs here (once per forward) instead of inside every iteration.
+            dev = x.device.type
+            if torch.is_autocast_enabled(dev) and x.dtype != torch.get_autocast_dtype(dev):
+                x = x.to(torch.get_autocast_dtype(dev))
+            n_max = int(max_seqlen) if cu_seqlens is not None else int(x.shape[1])
+            wk, bk, wv, bv = self.to_k.weight, self.to_k.bias, self.to_v.weight, self.to_v.bias
+            scale, eps = float(self.scale), float(self.eps)
+
+            # Deferred input gradient: one token pair per differentiated iteration; their backward
+            # writes dx once for all iterations (see slotvlm.ops.fused.x_grad_tokens).
+            tokens = []
+            if torch.is_grad_enabled() and x.requires_grad:
+                p = x.shape[0] if cu_seqlens is None else cu_seqlens.shape[0] - 1
+                tokens = x_grad_tokens(x, cu_seqlens, n_max, p, num_slots, 1 if self.implicit_grad else self.iters)
+            tokens.reverse()
 
             def attend_projected(q, want_attn):
-                updates, attn = slot_attention_step_projected(
-                    q.flatten(2), x, self.to_k.weight, self.to_k.bias, self.to_v.weight, self.to_v.bias,
-                    mask, cu_seqlens, max_seqlen, return_attn=want_attn, **kw,
+                pair = tokens.pop() if tokens and torch.is_grad_enabled() else None
+                updates, attn = _projected_step(
+                    q.flatten(2), x, wk, bk, wv, bv, mask, cu_seqlens, n_max, scale, eps, bool(want_attn), pair
                 )
                 return updates.view(q.shape), attn
 
@@ -364,7 +381,7 @@ class SlotAttention(nn.Module):
         step, gru = _step_impl(backend)
         slots = self._start_slots(slots, p, num_slots, inputs, deterministic_init)
         attend = self._attender(
-            backend, step, self.norm_input(inputs), cu_seqlens=cu_seqlens, max_seqlen=max_seqlen
+            backend, step, self.norm_input(inputs), slots.shape[1], cu_seqlens=cu_seqlens, max_seqlen=max_seqlen
         )
         slots, attn = self._iterate(slots, attend, gru, return_attn)
         if return_attn:

@@ -19,7 +19,6 @@ Supported dtypes: float32, float16, bfloat16 (softmax, sums and accumulators alw
 from __future__ import annotations
 
 import functools
-import os
 from typing import Optional
 
 import torch
@@ -27,6 +26,7 @@ from torch import Tensor
 
 from kernels import gru as _gru
 from kernels import slot_attention as _sa
+from kernels import slot_attention_deferred as _sd
 
 from .._checks import check_tensor, describe
 from ..backend import FUSED_DTYPES
@@ -37,41 +37,53 @@ SUPPORTED_DTYPES = FUSED_DTYPES
 
 
 # ------------------------------------------------------------------------------------- guard
+# Triton decides interpreted-or-compiled when the kernels are decorated (at import), so the guard
+# reads the switch once too instead of reading the environment on every call.
+_INTERPRETED = _sa._INTERPRET
+
+
 def entry_guard(fn):
     """Decorator for the ops' implementations: every tensor argument must be on one device, CPU
     only under the interpreter, floating tensors in a supported dtype; tensors are made
-    contiguous only when they are not already. Raises ``ValueError`` naming the argument."""
+    contiguous only when they are not already. Raises ``ValueError`` naming the argument.
+
+    Cheap by design (a loop over the arguments, no dict, no environment read): it runs on every
+    op call. The module (:class:`slotvlm.SlotAttention`) validates its inputs once per call and
+    then calls the unchecked helpers below, so per-iteration ops pay only this guard."""
     import inspect
 
-    names = list(inspect.signature(fn).parameters)
+    names = tuple(inspect.signature(fn).parameters)
 
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
-        bound = dict(zip(names, args))
-        bound.update(kwargs)
+        if kwargs:
+            args = args + tuple(kwargs[n] for n in names[len(args):])
         device = None
-        for name, value in bound.items():
+        fixed = None
+        for i, value in enumerate(args):
             if not isinstance(value, Tensor):
                 continue
             if device is None:
                 device = value.device
             elif value.device != device:
-                raise ValueError(f"{name} must be on {device} like the other inputs, got {describe(value)}")
-            if value.is_floating_point() and value.dtype not in SUPPORTED_DTYPES:
+                raise ValueError(f"{names[i]} must be on {device} like the other inputs, got {describe(value)}")
+            if value.dtype not in SUPPORTED_DTYPES and value.is_floating_point():
                 raise ValueError(
-                    f"{name}: the triton backend supports float32, float16 and bfloat16, got {describe(value)} "
+                    f"{names[i]}: the triton backend supports float32, float16 and bfloat16, got {describe(value)} "
                     "(use backend='torch' for other dtypes)"
                 )
             if not value.is_contiguous():
-                bound[name] = value.contiguous()
-        if device is not None and device.type == "cpu" and os.environ.get("TRITON_INTERPRET", "0") != "1":
-            raise ValueError(
-                "the triton backend got CPU tensors but TRITON_INTERPRET is not 1; set TRITON_INTERPRET=1 "
-                "before starting Python to run the kernels under the interpreter, or use backend='torch'"
-            )
-        if device is not None and device.type not in ("cpu", "cuda"):
-            raise ValueError(f"the triton backend supports CPU (interpreter) and CUDA tensors, got device {device}")
-        return fn(**bound)
+                fixed = list(args) if fixed is None else fixed
+                fixed[i] = value.contiguous()
+        if device is not None and device.type != "cuda":
+            if device.type != "cpu":
+                raise ValueError(f"the triton backend supports CPU (interpreter) and CUDA tensors, got device {device}")
+            if not _INTERPRETED:
+                raise ValueError(
+                    "the triton backend got CPU tensors but TRITON_INTERPRET is not 1; set TRITON_INTERPRET=1 "
+                    "before starting Python to run the kernels under the interpreter, or use backend='torch'"
+                )
+        return fn(*(args if fixed is None else fixed))
 
     return wrapper
 
@@ -170,6 +182,144 @@ def _slot_attn_backward(ctx, dout, dden, dattn):
 
 
 _slot_attn_fwd.register_autograd(_slot_attn_backward, setup_context=_slot_attn_setup)
+
+
+# ------------------------------------------- the folded one-head step with the input gradient deferred
+# Every iteration of the module attends over the same normalised inputs x. Rather than each
+# iteration's backward writing a full-size dx that autograd then adds up, the iteration ops take a
+# pair of "gradient tokens" made by ``slotvlm::slot_x_tokens(x)``: an iteration's backward returns
+# its small per-problem tensors (ds, W [rows, 2, BLOCK_K]; q', du' [P, 2, K, D]) as the gradient of
+# its tokens, and the tokens' op computes dx for all iterations in one pass (``slot_attn_fold_dx``),
+# written once. Pure data flow through autograd: deterministic, and traceable by torch.compile.
+@torch.library.custom_op("slotvlm::slot_x_tokens", mutates_args=())
+@entry_guard
+def _slot_x_tokens(x: Tensor, cu_seqlens: Optional[Tensor], max_seqlen: int, P: int, K: int, n: int) -> list[Tensor]:
+    shape_s, shape_q = _sd.token_shapes(x, cu_seqlens, P, K)
+    out = []
+    for _ in range(n):
+        out += [x.new_empty(shape_s), x.new_empty(shape_q)]
+    return out
+
+
+@_slot_x_tokens.register_fake
+def _(x, cu_seqlens, max_seqlen, P, K, n):
+    shape_s, shape_q = _sd.token_shapes(x, cu_seqlens, P, K)
+    out = []
+    for _ in range(n):
+        out += [x.new_empty(shape_s), x.new_empty(shape_q)]
+    return out
+
+
+def _tokens_setup(ctx, inputs, output):
+    x, cu_seqlens, max_seqlen, *_ = inputs
+    ctx.save_for_backward(x, cu_seqlens)
+    ctx.max_seqlen = max_seqlen
+
+
+def _tokens_backward(ctx, grads):
+    x, cu_seqlens = ctx.saved_tensors
+    dx = _slot_attn_fold_dx(torch.stack(grads[0::2]), torch.stack(grads[1::2]), x, cu_seqlens, ctx.max_seqlen)
+    return dx, None, None, None, None, None
+
+
+_slot_x_tokens.register_autograd(_tokens_backward, setup_context=_tokens_setup)
+
+
+@torch.library.custom_op("slotvlm::slot_attn_fold_dx", mutates_args=())
+@entry_guard
+def _slot_attn_fold_dx(tok_s: Tensor, tok_q: Tensor, x: Tensor, cu_seqlens: Optional[Tensor], max_seqlen: int) -> Tensor:
+    return _sd.fold_dx(tok_s, tok_q, x, cu_seqlens, max_seqlen)
+
+
+@_slot_attn_fold_dx.register_fake
+def _(tok_s, tok_q, x, cu_seqlens, max_seqlen):
+    return torch.empty_like(x, memory_format=torch.contiguous_format)
+
+
+@torch.library.custom_op("slotvlm::slot_attn_fold_fwd", mutates_args=())
+@entry_guard
+def _slot_attn_fold_fwd(
+    q: Tensor,
+    x: Tensor,
+    tok_s: Tensor,
+    tok_q: Tensor,
+    mask: Optional[Tensor],
+    cu_seqlens: Optional[Tensor],
+    bias: Optional[Tensor],
+    max_seqlen: int,
+    scale: float,
+    eps: float,
+    return_attn: bool,
+) -> tuple[Tensor, Tensor, Tensor]:
+    # q [P, K, D], x [P, N, D] / [T, D], bias fp32 [P, K]: one head, keys = values = x
+    xh = x.unsqueeze(-2)
+    out, den, attn = _sa.slot_attention_fwd(
+        q.unsqueeze(2), xh, xh, _u8(mask), cu_seqlens, max_seqlen, scale=scale, eps=eps, return_attn=return_attn,
+        bias=None if bias is None else bias.unsqueeze(1),
+    )
+    return out.squeeze(2), den.squeeze(1), (attn if attn is not None else q.new_empty(0))
+
+
+@_slot_attn_fold_fwd.register_fake
+def _(q, x, tok_s, tok_q, mask, cu_seqlens, bias, max_seqlen, scale, eps, return_attn):
+    P, K, _ = q.shape
+    out = torch.empty_like(q, memory_format=torch.contiguous_format)
+    den = q.new_empty((P, K), dtype=torch.float32)
+    if not return_attn:
+        attn = q.new_empty(0)
+    elif cu_seqlens is None:
+        attn = q.new_empty((P, 1, K, x.shape[1]))
+    else:
+        attn = q.new_empty((1, K, x.shape[0]))
+    return out, den, attn
+
+
+@torch.library.custom_op("slotvlm::slot_attn_fold_bwd", mutates_args=())
+@entry_guard
+def _slot_attn_fold_bwd(
+    q: Tensor,
+    x: Tensor,
+    mask: Optional[Tensor],
+    cu_seqlens: Optional[Tensor],
+    bias: Optional[Tensor],
+    max_seqlen: int,
+    den: Tensor,
+    dout: Tensor,
+    dattn: Optional[Tensor],
+    scale: float,
+    eps: float,
+) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    return _sd.fold_bwd(q, x, mask, cu_seqlens, max_seqlen, bias, den, dout, dattn, scale=scale, eps=eps)
+
+
+@_slot_attn_fold_bwd.register_fake
+def _(q, x, mask, cu_seqlens, bias, max_seqlen, den, dout, dattn, scale, eps):
+    P, K, _ = q.shape
+    shape_s, shape_q = _sd.token_shapes(x, cu_seqlens, P, K)
+    return torch.empty_like(q), den.new_empty((P, K)), x.new_empty(shape_s), x.new_empty(shape_q)
+
+
+def _fold_setup(ctx, inputs, output):
+    q, x, _, _, mask, cu_seqlens, bias, max_seqlen, scale, eps, return_attn = inputs
+    ctx.save_for_backward(q, x, mask, cu_seqlens, bias, output[1])
+    ctx.max_seqlen, ctx.scale, ctx.eps, ctx.return_attn = max_seqlen, scale, eps, return_attn
+
+
+def _fold_backward(ctx, dout, dden, dattn):
+    q, x, mask, cu_seqlens, bias, den = ctx.saved_tensors
+    dq, dbias, tok_s, tok_q = _slot_attn_fold_bwd(
+        q, x, mask, cu_seqlens, bias, ctx.max_seqlen, den, dout, dattn if ctx.return_attn else None, ctx.scale, ctx.eps
+    )
+    return dq, None, tok_s, tok_q, None, None, (dbias if bias is not None else None), None, None, None, None
+
+
+_slot_attn_fold_fwd.register_autograd(_fold_backward, setup_context=_fold_setup)
+
+
+def x_grad_tokens(x: Tensor, cu_seqlens: Optional[Tensor], max_seqlen: int, num_problems: int, num_slots: int, n: int):
+    """``n`` token pairs for :func:`_projected_step` (one per differentiated iteration over x)."""
+    t = _slot_x_tokens(x, cu_seqlens, int(max_seqlen), int(num_problems), int(num_slots), int(n))
+    return [(t[2 * i], t[2 * i + 1]) for i in range(n)]
 
 
 # ---------------------------------------------------------------------------- GRU custom ops
@@ -353,16 +503,39 @@ def slot_attention_step_projected(
         if mask is not None:
             raise ValueError("mask must be None with cu_seqlens (packed sequences have no padding)")
         max_seqlen = _check_cu_seqlens(cu_seqlens, max_seqlen, P, x.shape[0], q.device)
+    return _projected_step(
+        q, x, w_k, b_k, w_v, b_v, mask, cu_seqlens, int(max_seqlen), float(scale), float(eps), bool(return_attn)
+    )
+
+
+def _projected_step(
+    q, x, w_k, b_k, w_v, b_v, mask, cu_seqlens, max_seqlen: int, scale: float, eps: float, return_attn: bool,
+    tokens=None,
+):
+    """:func:`slot_attention_step_projected` without the argument checks (the module validates
+    once per call). x should already be in the dtype of ``q @ w_k`` (under autocast the module
+    casts it once per forward); a mismatch is converted here. ``tokens`` (a pair from
+    :func:`x_grad_tokens`): defer the input gradient to the tokens' single pass; None: when a
+    gradient can be needed, one pair is made here (the standalone call)."""
     qk = torch.matmul(q, w_k)  # [P, K, D_in]
-    x = x.to(qk.dtype)  # autocast: the projections run in bf16/fp16, LayerNorm's output is fp32
+    if x.dtype != qk.dtype:
+        x = x.to(qk.dtype)
     bias = None
     if b_k is not None:
-        bias = torch.matmul(q.float(), b_k.float()).unsqueeze(1).contiguous()  # [P, 1, K] fp32
-    xh = x.unsqueeze(-2)  # one head: [P, N, 1, D_in] or [T, 1, D_in]; keys = values = x
-    ux, den, attn = _slot_attn_fwd(
-        qk.unsqueeze(2), xh, None, mask, cu_seqlens, bias, int(max_seqlen), float(scale), float(eps), bool(return_attn)
-    )
-    updates = torch.nn.functional.linear(ux.squeeze(2), w_v.to(ux.dtype))
+        bias = torch.matmul(q.float(), b_k.float())  # [P, K] fp32
+    if tokens is None and torch.is_grad_enabled() and x.requires_grad:
+        tokens = x_grad_tokens(x, cu_seqlens, max_seqlen, q.shape[0], q.shape[1], 1)[0]
+    if tokens is not None:
+        ux, den, attn = _slot_attn_fold_fwd(
+            qk, x, tokens[0], tokens[1], mask, cu_seqlens, bias, max_seqlen, scale, eps, return_attn
+        )
+        den = den.unsqueeze(1)
+    else:
+        xh = x.unsqueeze(-2)  # one head: [P, N, 1, D_in] or [T, 1, D_in]; keys = values = x
+        bias = None if bias is None else bias.unsqueeze(1).contiguous()
+        ux, den, attn = _slot_attn_fwd(qk.unsqueeze(2), xh, None, mask, cu_seqlens, bias, max_seqlen, scale, eps, return_attn)
+        ux = ux.squeeze(2)
+    updates = torch.nn.functional.linear(ux, w_v.to(ux.dtype))
     if b_v is not None:
         # sum_n W[k, n] = den / max(den, floor): 1 for a problem with tokens, 0 for an empty one
         weight_sum = (den / den.clamp_min(_sa.DENOM_FLOOR)).detach().transpose(1, 2)  # [P, K, 1]
@@ -387,8 +560,13 @@ def gru_cell(x: Tensor, h: Tensor, cell: torch.nn.GRUCell) -> Tensor:
     """
     check_tensor("x", x, ndim=2, floating=True)
     check_tensor("h", h, shape=(x.shape[0], cell.hidden_size), floating=True, device=x.device)
+    return _gru_cell(x, h, cell)
+
+
+def _gru_cell(x: Tensor, h: Tensor, cell: torch.nn.GRUCell) -> Tensor:
+    """:func:`gru_cell` without the argument checks (the module's per-iteration call)."""
     gi = torch.nn.functional.linear(x, cell.weight_ih, cell.bias_ih)
     gh = torch.nn.functional.linear(h, cell.weight_hh, cell.bias_hh)
     if h.dtype != gi.dtype:  # under autocast the GEMMs come back in bf16/fp16, like ATen's gru_cell
         h = h.to(gi.dtype)
-    return gru_gates(gi, gh, h)
+    return _gru_gates(gi, gh, h)

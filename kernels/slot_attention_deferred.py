@@ -1,0 +1,314 @@
+"""Backward of the folded one-head slot-attention step with the input gradient deferred.
+
+The folded step (``slotvlm.ops.fused._projected_step``) attends with keys = values = the
+normalised inputs x and slot queries ``q' = q W_k`` (plus a per-slot logit bias ``c = q·b_k``)::
+
+    s[n, k] = scale · (<x[n], q'[k]> + c[k]);  a = softmax over k;  w = (a + eps)·valid
+    den[k]  = Σ_n w[n, k];  W = w / max(den, floor);  u'[k] = Σ_n W[n, k] x[n]
+
+Every iteration of the module reads the same x, so its gradient is a sum over iterations. Instead
+of writing a full-size ``dx`` per iteration and adding them up, each iteration's backward writes only
+small per-problem tensors, and one final pass writes ``dx`` once:
+
+- ``_fold_scores_bwd_kernel`` (per iteration; grid problems × N-splits): streams x once with tokens
+  on the MMA's M side (``x·q'ᵀ`` and ``x·du'ᵀ``, ``[BLOCK_N, BLOCK_K]``), writes the softmax ``a`` and
+  ``dW = <du'[k], x[n]>`` (``[rows, 2, BLOCK_K]`` fp32) and ``g[k] = Σ_n W·dW`` — the correction term
+  computed from the *same* dW values it is subtracted from, so ``Σ_n W (dW − g) = 0`` holds to
+  rounding and a slot that owns one token (or loses every token: den tiny) keeps torch's error.
+- ``_fold_dq_bwd_kernel`` (per iteration; grid problems × D-chunks): from a, dW, g it forms
+  ``ds = a ⊙ (da − Σ_k a·da)·scale`` with ``da = valid·(dW − g)/den (+ dattn)``, accumulates
+  ``dq' = dsᵀ x`` for its D-chunk (no logit recompute: the scores come from the small tensor), the
+  bias gradient ``Σ_n ds``, and (D-chunk 0) stores ``ds`` and ``W`` in the iteration's token.
+- ``_fold_dx_kernel`` (once per module backward; grid token tiles × D-chunks):
+  ``dx[n] = Σ_iterations Σ_k ds[n, k]·q'[k] + W[n, k]·du'[k]`` — a ``[BLOCK_N, I·K] × [I·K, BLOCK_D]``
+  product per tile, written once.
+
+Layouts: x ``[P, N, D]`` (padded, optional mask ``[P, N]`` uint8) or ``[T, D]`` packed with
+``cu_seqlens``; q', du', dq' ``[P, K, D]``; rows = P·N (padded) or T (packed), row of token n of
+problem p = p·N + n (padded) or cu[p] + n. Tokens: ``tok_s [rows, 2, BLOCK_K]`` (ds, W) and
+``tok_q [P, 2, K, D]`` (q', du'), both in x's dtype.
+"""
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+from .slot_attention import (
+    DENOM_FLOOR, _INTERPRET, _dot_prec, _n_split, _next_pow2, _token_range, _valid_tokens,
+)
+
+
+@triton.heuristics(
+    {
+        "HAS_MASK": lambda args: args["mask"] is not None,
+        "IS_VARLEN": lambda args: args["cu_seqlens"] is not None,
+        "HAS_BIAS": lambda args: args["bias"] is not None,
+    }
+)
+@triton.jit(do_not_specialize=["N", "N_PER_SPLIT"])
+def _fold_scores_bwd_kernel(
+    x, q, du, mask, cu_seqlens, bias, den, sd, ws_g,
+    scale, eps, floor,
+    N, N_PER_SPLIT,
+    s_xp, s_xn, s_mp,
+    K: tl.constexpr, D: tl.constexpr,
+    BLOCK_K: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, DOT_PREC: tl.constexpr,
+    HAS_MASK: tl.constexpr, IS_VARLEN: tl.constexpr, HAS_BIAS: tl.constexpr,
+):
+    i_p = tl.program_id(0).to(tl.int64)
+    i_s = tl.program_id(1)
+    bos, n_start, n_end = _token_range(cu_seqlens, i_p, i_s, N, N_PER_SPLIT, IS_VARLEN)
+    o_k = tl.arange(0, BLOCK_K)
+    m_k = o_k < K
+    b_c = tl.zeros([BLOCK_K], dtype=tl.float32)
+    if HAS_BIAS:
+        b_c = tl.load(bias + i_p * K + o_k, mask=m_k, other=0.0).to(tl.float32)
+    b_dc = tl.maximum(tl.load(den + i_p * K + o_k, mask=m_k, other=1.0), floor)
+    p_x = x + i_p * s_xp
+    p_q = q + i_p * K * D
+    p_du = du + i_p * K * D
+
+    b_g = tl.zeros([BLOCK_K], dtype=tl.float32)
+    for n0 in tl.range(n_start, n_end, BLOCK_N):
+        o_n = n0 + tl.arange(0, BLOCK_N)
+        m_n = o_n < n_end
+        o_t = bos + o_n
+        b_s = tl.zeros([BLOCK_N, BLOCK_K], dtype=tl.float32)
+        b_dw = tl.zeros([BLOCK_N, BLOCK_K], dtype=tl.float32)
+        for d0 in tl.range(0, D, BLOCK_D):
+            o_d = d0 + tl.arange(0, BLOCK_D)
+            m_d = o_d < D
+            b_x = tl.load(p_x + o_t[:, None] * s_xn + o_d[None, :], mask=m_n[:, None] & m_d[None, :], other=0.0)
+            m_qt = m_d[:, None] & m_k[None, :]
+            b_qt = tl.load(p_q + o_k[None, :] * D + o_d[:, None], mask=m_qt, other=0.0)
+            b_dut = tl.load(p_du + o_k[None, :] * D + o_d[:, None], mask=m_qt, other=0.0)
+            b_s += tl.dot(b_x, b_qt.to(b_x.dtype), input_precision=DOT_PREC)
+            b_dw += tl.dot(b_x, b_dut.to(b_x.dtype), input_precision=DOT_PREC)
+        b_s = tl.where(m_k[None, :], (b_s + b_c[None, :]) * scale, float("-inf"))
+        b_e = tl.exp(b_s - tl.max(b_s, axis=1)[:, None])
+        b_a = b_e / tl.sum(b_e, axis=1)[:, None]
+        m_w = _valid_tokens(mask, i_p, s_mp, o_n, m_n, HAS_MASK)[:, None] & m_k[None, :]
+        b_W = tl.where(m_w, b_a + eps, 0.0) / b_dc[None, :]
+        b_g += tl.sum(b_W * b_dw, axis=0)
+        p_sd = sd + (i_p * N + o_t)[:, None] * (2 * BLOCK_K) + o_k[None, :]
+        tl.store(p_sd, b_a, mask=m_n[:, None])
+        tl.store(p_sd + BLOCK_K, b_dw, mask=m_n[:, None])
+    tl.store(ws_g + (i_s.to(tl.int64) * tl.num_programs(0) + i_p) * BLOCK_K + o_k, b_g)
+
+
+@triton.heuristics(
+    {
+        "HAS_MASK": lambda args: args["mask"] is not None,
+        "IS_VARLEN": lambda args: args["cu_seqlens"] is not None,
+        "HAS_DATTN": lambda args: args["dattn"] is not None,
+    }
+)
+@triton.jit(do_not_specialize=["N", "MAX_N"])
+def _fold_dq_bwd_kernel(
+    x, sd, g, den, dattn, mask, cu_seqlens, dq, dbias, tok_s,
+    scale, eps, floor,
+    N, MAX_N,
+    s_xp, s_xn, s_mp, s_ap, s_ak,
+    K: tl.constexpr, D: tl.constexpr,
+    BLOCK_K: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, DOT_PREC: tl.constexpr,
+    HAS_MASK: tl.constexpr, IS_VARLEN: tl.constexpr, HAS_DATTN: tl.constexpr,
+):
+    i_p = tl.program_id(0).to(tl.int64)
+    i_d = tl.program_id(1)
+    bos, n_start, n_end = _token_range(cu_seqlens, i_p, 0, N, MAX_N, IS_VARLEN)
+    o_k = tl.arange(0, BLOCK_K)
+    m_k = o_k < K
+    o_d = i_d * BLOCK_D + tl.arange(0, BLOCK_D)
+    m_d = o_d < D
+    b_draw = tl.load(den + i_p * K + o_k, mask=m_k, other=1.0)
+    b_dc = tl.maximum(b_draw, floor)
+    b_g = tl.load(g + i_p * BLOCK_K + o_k)
+    b_g = tl.where(b_draw >= floor, b_g, 0.0)  # below the floor the denominator is a constant
+    p_x = x + i_p * s_xp
+
+    b_dq = tl.zeros([BLOCK_K, BLOCK_D], dtype=tl.float32)
+    b_db = tl.zeros([BLOCK_K], dtype=tl.float32)
+    for n0 in tl.range(n_start, n_end, BLOCK_N):
+        o_n = n0 + tl.arange(0, BLOCK_N)
+        m_n = o_n < n_end
+        o_t = bos + o_n
+        row = (i_p * N + o_t)[:, None]
+        p_sd = sd + row * (2 * BLOCK_K) + o_k[None, :]
+        b_a = tl.load(p_sd, mask=m_n[:, None], other=0.0)
+        b_dw = tl.load(p_sd + BLOCK_K, mask=m_n[:, None], other=0.0)
+        m_w = _valid_tokens(mask, i_p, s_mp, o_n, m_n, HAS_MASK)[:, None] & m_k[None, :]
+        b_W = tl.where(m_w, b_a + eps, 0.0) / b_dc[None, :]
+        b_da = tl.where(m_w, (b_dw - b_g[None, :]) / b_dc[None, :], 0.0)
+        if HAS_DATTN:
+            p_da = dattn + i_p * s_ap + o_k[None, :] * s_ak + o_t[:, None]
+            b_da += tl.where(m_w, tl.load(p_da, mask=m_n[:, None] & m_k[None, :], other=0.0).to(tl.float32), 0.0)
+        b_ds = b_a * (b_da - tl.sum(b_a * b_da, axis=1)[:, None]) * scale
+        if i_d == 0:
+            b_db += tl.sum(b_ds, axis=0)
+            p_tok = tok_s + row * (2 * BLOCK_K) + o_k[None, :]
+            tl.store(p_tok, b_ds.to(tok_s.dtype.element_ty), mask=m_n[:, None])
+            tl.store(p_tok + BLOCK_K, b_W.to(tok_s.dtype.element_ty), mask=m_n[:, None])
+        b_x = tl.load(p_x + o_t[:, None] * s_xn + o_d[None, :], mask=m_n[:, None] & m_d[None, :], other=0.0)
+        b_dq += tl.dot(tl.trans(b_ds.to(b_x.dtype)), b_x, input_precision=DOT_PREC)
+    tl.store(dq + (i_p * K + o_k[:, None]) * D + o_d[None, :], b_dq.to(dq.dtype.element_ty), mask=m_k[:, None] & m_d[None, :])
+    if i_d == 0:
+        tl.store(dbias + i_p * K + o_k, b_db, mask=m_k)
+
+
+@triton.heuristics({"IS_VARLEN": lambda args: args["cu_seqlens"] is not None})
+@triton.jit(do_not_specialize=["N", "ITERS", "N_TILES"])
+def _fold_dx_kernel(
+    tok_s, tok_q, cu_seqlens, dx,
+    N, ITERS, N_TILES,
+    s_si, s_qi, s_xp, s_xn,
+    K: tl.constexpr, D: tl.constexpr,
+    BLOCK_K: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, DOT_PREC: tl.constexpr,
+    IS_VARLEN: tl.constexpr,
+):
+    i_p = (tl.program_id(0) // N_TILES).to(tl.int64)
+    i_n = tl.program_id(0) % N_TILES
+    i_d = tl.program_id(1)
+    bos, n_start, n_end = _token_range(cu_seqlens, i_p, i_n, N, BLOCK_N, IS_VARLEN)
+    o_n = n_start + tl.arange(0, BLOCK_N)
+    m_n = o_n < n_end
+    o_t = bos + o_n
+    o_k = tl.arange(0, BLOCK_K)
+    m_k = o_k < K
+    o_d = i_d * BLOCK_D + tl.arange(0, BLOCK_D)
+    m_d = o_d < D
+    p_s = tok_s + (i_p * N + o_t)[:, None] * (2 * BLOCK_K) + o_k[None, :]
+    p_q = tok_q + i_p * (2 * K * D) + o_k[:, None] * D + o_d[None, :]
+    m_q = m_k[:, None] & m_d[None, :]
+    b_dx = tl.zeros([BLOCK_N, BLOCK_D], dtype=tl.float32)
+    for i in tl.range(0, ITERS):
+        b_ds = tl.load(p_s + i * s_si, mask=m_n[:, None], other=0.0)
+        b_W = tl.load(p_s + i * s_si + BLOCK_K, mask=m_n[:, None], other=0.0)
+        b_q = tl.load(p_q + i * s_qi, mask=m_q, other=0.0)
+        b_du = tl.load(p_q + i * s_qi + K * D, mask=m_q, other=0.0)
+        b_dx += tl.dot(b_ds, b_q, input_precision=DOT_PREC)
+        b_dx += tl.dot(b_W, b_du, input_precision=DOT_PREC)
+    tl.store(dx + i_p * s_xp + o_t[:, None] * s_xn + o_d[None, :], b_dx.to(dx.dtype.element_ty), mask=m_n[:, None] & m_d[None, :])
+
+
+# ------------------------------------------------------------------------------------ launchers
+def _tiles(D: int, device: torch.device) -> tuple[int, int, int]:
+    """(BLOCK_N, BLOCK_D, num_warps). Interpreter: one D tile. GPU: 64-token tiles (tokens on the
+    MMA's M side: wgmma's M = 64) and 128-wide D chunks, ≤ 128 fp32 accumulator registers."""
+    dp = max(16, _next_pow2(D))
+    if device.type != "cuda" or _INTERPRET:
+        return 16, dp, 4
+    return 64, min(dp, 128), 4
+
+
+def _block_k(K: int) -> int:
+    return max(16, _next_pow2(K))
+
+
+def _seq(x, cu_seqlens, max_seqlen):
+    """(N for row arithmetic — 0 when packed —, the longest sequence, x's problem and token strides)."""
+    if cu_seqlens is None:
+        return x.shape[1], x.shape[1], x.stride(0), x.stride(1)
+    return 0, int(max_seqlen), 0, x.stride(0)
+
+
+def token_shapes(x: torch.Tensor, cu_seqlens, P: int, K: int) -> tuple[tuple, tuple]:
+    """Shapes of one iteration's tokens: ``tok_s [rows, 2, BLOCK_K]`` and ``tok_q [P, 2, K, D]``."""
+    rows = x.shape[0] * x.shape[1] if cu_seqlens is None else x.shape[0]
+    return (rows, 2, _block_k(K)), (P, 2, K, x.shape[-1])
+
+
+def fold_bwd(q, x, mask, cu_seqlens, max_seqlen, bias, den, dout, dattn, *, scale: float, eps: float, n_split=None):
+    """One iteration's backward without the input gradient.
+
+    q, dout ``[P, K, D]`` contiguous (q' and the gradient of ``u'``); x as in the module docstring;
+    bias fp32 ``[P, K]`` or None; den fp32 ``[P, K]``; dattn ``[P, 1, K, N]`` / ``[1, K, T]`` or None.
+    Returns ``(dq [P, K, D] in q's dtype, dbias fp32 [P, K], tok_s, tok_q)``.
+    """
+    P, K, D = q.shape
+    BK = _block_k(K)
+    N, max_n, s_xp, s_xn = _seq(x, cu_seqlens, max_seqlen)
+    bn, bd, warps = _tiles(D, x.device)
+    shape_s, shape_q = token_shapes(x, cu_seqlens, P, K)
+    sd = torch.empty(shape_s, device=x.device, dtype=torch.float32)
+    tok_s = (torch.zeros if cu_seqlens is not None else torch.empty)(shape_s, device=x.device, dtype=x.dtype)
+    S = n_split if n_split is not None else _n_split(P, max_n, x.device)
+    ws_g = torch.empty((S, P, BK), device=x.device, dtype=torch.float32)
+    dq = torch.empty_like(q)
+    dbias = torch.empty((P, K), device=x.device, dtype=torch.float32)
+    mask = None if mask is None else mask.view(torch.uint8)
+    common = dict(mask=mask, cu_seqlens=cu_seqlens, scale=float(scale), eps=float(eps), floor=DENOM_FLOOR,
+                  s_xp=s_xp, s_xn=s_xn, s_mp=mask.stride(0) if mask is not None else 0,
+                  K=K, D=D, BLOCK_K=BK, BLOCK_N=bn, BLOCK_D=bd, DOT_PREC=_dot_prec(x.dtype), num_warps=warps)
+    if P > 0:
+        _fold_scores_bwd_kernel[(P, S)](
+            x, q, dout, bias=bias, den=den, sd=sd, ws_g=ws_g, N=N, N_PER_SPLIT=triton.cdiv(max(max_n, 1), S), **common
+        )
+    g = ws_g[0] if S == 1 else ws_g.sum(0)
+    s_a = (0, 0) if dattn is None else ((dattn.stride(0), dattn.stride(2)) if cu_seqlens is None else (0, dattn.stride(1)))
+    if P > 0:
+        _fold_dq_bwd_kernel[(P, triton.cdiv(D, bd))](
+            x, sd, g, den, dattn, dq=dq, dbias=dbias, tok_s=tok_s, N=N, MAX_N=max(max_n, 1),
+            s_ap=s_a[0], s_ak=s_a[1], **common
+        )
+    tok_q = torch.stack((q.to(x.dtype), dout.to(x.dtype)), dim=1)  # [P, 2, K, D]
+    return dq, dbias, tok_s, tok_q
+
+
+def fold_dx(tok_s: torch.Tensor, tok_q: torch.Tensor, x: torch.Tensor, cu_seqlens, max_seqlen) -> torch.Tensor:
+    """The input gradient of all iterations at once from their stacked tokens
+    (``tok_s [I, rows, 2, BLOCK_K]``, ``tok_q [I, P, 2, K, D]``): ``dx`` shaped like x, written once."""
+    I, P, _, K, D = tok_q.shape
+    N, max_n, s_xp, s_xn = _seq(x, cu_seqlens, max_seqlen)
+    bn, bd, warps = _tiles(D, x.device)
+    dx = torch.zeros_like(x) if cu_seqlens is not None else torch.empty_like(x)
+    n_tiles = triton.cdiv(max(max_n, 1), bn)
+    if P > 0 and I > 0:
+        _fold_dx_kernel[(P * n_tiles, triton.cdiv(D, bd))](
+            tok_s, tok_q, cu_seqlens, dx, N=N, ITERS=I, N_TILES=n_tiles,
+            s_si=tok_s.stride(0), s_qi=tok_q.stride(0), s_xp=s_xp, s_xn=s_xn,
+            K=K, D=D, BLOCK_K=tok_s.shape[-1], BLOCK_N=bn, BLOCK_D=bd, DOT_PREC=_dot_prec(x.dtype), num_warps=warps,
+        )
+    elif I == 0:
+        dx.zero_()
+    return dx
+
+
+def _traffic_scores(grid, a):
+    x = a["x"]
+    P, S = grid[0], grid[1]
+    K, D, BK = a["K"], a["D"], a["BLOCK_K"]
+    rows = x.numel() // D
+    e = x.element_size()
+    read = rows * D * e + 2 * P * K * D * e + 2 * P * K * 4
+    written = rows * 2 * BK * 4 + S * P * BK * 4
+    return read, written, 4 * rows * D * BK
+
+
+def _traffic_dq(grid, a):
+    x = a["x"]
+    P = grid[0]
+    K, D, BK = a["K"], a["D"], a["BLOCK_K"]
+    rows = x.numel() // D
+    e = x.element_size()
+    read = rows * D * e + rows * 2 * BK * 4 + 3 * P * K * 4 + (rows * K * e if a.get("dattn") is not None else 0)
+    written = P * K * D * e + P * K * 4 + rows * 2 * BK * e
+    return read, written, 2 * rows * D * BK
+
+
+def _traffic_dx(grid, a):
+    tok_s, tok_q, dx = a["tok_s"], a["tok_q"], a["dx"]
+    BK = a["BLOCK_K"]
+    D = a["D"]
+    rows = dx.numel() // D
+    return tok_s.numel() * tok_s.element_size() + tok_q.numel() * tok_q.element_size(), dx.numel() * dx.element_size(), \
+        4 * rows * D * BK * a["ITERS"]
+
+
+# HBM traffic per launch: kernel name -> fn(grid, args) -> (bytes read, bytes written, FLOPs).
+# FLOPs count the padded MMA work (BLOCK_K columns), i.e. what the tensor cores execute.
+TRAFFIC = {
+    "_fold_scores_bwd_kernel": _traffic_scores,
+    "_fold_dq_bwd_kernel": _traffic_dq,
+    "_fold_dx_kernel": _traffic_dx,
+}
