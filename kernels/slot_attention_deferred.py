@@ -44,6 +44,84 @@ from .slot_attention import (
         "HAS_MASK": lambda args: args["mask"] is not None,
         "IS_VARLEN": lambda args: args["cu_seqlens"] is not None,
         "HAS_BIAS": lambda args: args["bias"] is not None,
+        "STORE_ATTN": lambda args: args["attn"] is not None,
+        "NORMALIZE": lambda args: args["ws_acc"] is None,
+    }
+)
+@triton.jit(do_not_specialize=["N", "N_PER_SPLIT"])
+def _fold_fwd_kernel(
+    x, q, bias, mask, cu_seqlens, out, den, attn, ws_acc, ws_den,
+    scale, eps, floor,
+    N, N_PER_SPLIT,
+    s_xp, s_xn, s_qp, s_qk, s_mp, s_op, s_ok, s_ap, s_ak,
+    K: tl.constexpr, D: tl.constexpr,
+    BLOCK_K: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, DOT_PREC: tl.constexpr,
+    HAS_MASK: tl.constexpr, IS_VARLEN: tl.constexpr, HAS_BIAS: tl.constexpr, STORE_ATTN: tl.constexpr,
+    NORMALIZE: tl.constexpr,
+):
+    """One folded step for one (problem, D-chunk of u', N-split): tokens on the MMA's M side
+    (``x·q'ᵀ`` is ``[BLOCK_N, BLOCK_K]``), softmax over the slots in registers, ``Σ w·x`` and
+    ``Σ w`` in fp32. Writes u' (and, in column D of ``out``, ``Σ_n W = den / max(den, floor)``:
+    1, or 0 for an empty problem — what multiplies ``b_v``), or fp32 partials with an N split."""
+    NUM_D: tl.constexpr = (D + BLOCK_D - 1) // BLOCK_D
+    i_p = (tl.program_id(0) // NUM_D).to(tl.int64)
+    i_d = tl.program_id(0) % NUM_D
+    i_s = tl.program_id(1)
+    bos, n_start, n_end = _token_range(cu_seqlens, i_p, i_s, N, N_PER_SPLIT, IS_VARLEN)
+    o_k = tl.arange(0, BLOCK_K)
+    m_k = o_k < K
+    o_dv = i_d * BLOCK_D + tl.arange(0, BLOCK_D)
+    m_dv = o_dv < D
+    b_c = tl.zeros([BLOCK_K], dtype=tl.float32)
+    if HAS_BIAS:
+        b_c = tl.load(bias + i_p * s_qp + o_k * s_qk, mask=m_k, other=0.0).to(tl.float32)
+    p_x = x + i_p * s_xp
+    p_q = q + i_p * s_qp
+
+    b_acc = tl.zeros([BLOCK_K, BLOCK_D], dtype=tl.float32)
+    b_den = tl.zeros([BLOCK_K], dtype=tl.float32)
+    for n0 in tl.range(n_start, n_end, BLOCK_N):
+        o_n = n0 + tl.arange(0, BLOCK_N)
+        m_n = o_n < n_end
+        o_t = bos + o_n
+        b_s = tl.zeros([BLOCK_N, BLOCK_K], dtype=tl.float32)
+        for d0 in tl.range(0, D, BLOCK_D):
+            o_d = d0 + tl.arange(0, BLOCK_D)
+            m_d = o_d < D
+            b_x = tl.load(p_x + o_t[:, None] * s_xn + o_d[None, :], mask=m_n[:, None] & m_d[None, :], other=0.0)
+            b_qt = tl.load(p_q + o_k[None, :] * s_qk + o_d[:, None], mask=m_d[:, None] & m_k[None, :], other=0.0)
+            b_s += tl.dot(b_x, b_qt.to(b_x.dtype), input_precision=DOT_PREC)
+        b_s = tl.where(m_k[None, :], (b_s + b_c[None, :]) * scale, float("-inf"))
+        b_e = tl.exp(b_s - tl.max(b_s, axis=1)[:, None])
+        b_a = b_e / tl.sum(b_e, axis=1)[:, None]
+        m_w = _valid_tokens(mask, i_p, s_mp, o_n, m_n, HAS_MASK)[:, None] & m_k[None, :]
+        b_w = tl.where(m_w, b_a + eps, 0.0)
+        b_den += tl.sum(b_w, axis=0)
+        b_xv = tl.load(p_x + o_t[:, None] * s_xn + o_dv[None, :], mask=m_n[:, None] & m_dv[None, :], other=0.0)
+        b_acc += tl.dot(tl.trans(b_w.to(b_xv.dtype)), b_xv, input_precision=DOT_PREC)
+        if STORE_ATTN:
+            if i_d == 0:
+                p_a = attn + i_p * s_ap + o_k[None, :] * s_ak + o_t[:, None]
+                tl.store(p_a, tl.where(m_w, b_a, 0.0).to(attn.dtype.element_ty), mask=m_n[:, None] & m_k[None, :])
+    if NORMALIZE:
+        b_dc = tl.maximum(b_den, floor)
+        p_o = out + i_p * s_op + o_k[:, None] * s_ok
+        tl.store(p_o + o_dv[None, :], (b_acc / b_dc[:, None]).to(out.dtype.element_ty), mask=m_k[:, None] & m_dv[None, :])
+        if i_d == 0:
+            tl.store(out + i_p * s_op + o_k * s_ok + D, (b_den / b_dc).to(out.dtype.element_ty), mask=m_k)
+            tl.store(den + i_p * K + o_k, b_den, mask=m_k)
+    else:  # fp32 partials: ws_acc [S, P, K, D], ws_den [S, P, K]
+        i_sp = i_s.to(tl.int64) * (tl.num_programs(0) // NUM_D) + i_p
+        tl.store(ws_acc + (i_sp * K + o_k[:, None]) * D + o_dv[None, :], b_acc, mask=m_k[:, None] & m_dv[None, :])
+        if i_d == 0:
+            tl.store(ws_den + i_sp * K + o_k, b_den, mask=m_k)
+
+
+@triton.heuristics(
+    {
+        "HAS_MASK": lambda args: args["mask"] is not None,
+        "IS_VARLEN": lambda args: args["cu_seqlens"] is not None,
+        "HAS_BIAS": lambda args: args["bias"] is not None,
     }
 )
 @triton.jit(do_not_specialize=["N", "N_PER_SPLIT"])
@@ -51,7 +129,7 @@ def _fold_scores_bwd_kernel(
     x, q, du, mask, cu_seqlens, bias, den, sd, ws_g,
     scale, eps, floor,
     N, N_PER_SPLIT,
-    s_xp, s_xn, s_mp,
+    s_xp, s_xn, s_qp, s_qk, s_dup, s_duk, s_mp,
     K: tl.constexpr, D: tl.constexpr,
     BLOCK_K: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, DOT_PREC: tl.constexpr,
     HAS_MASK: tl.constexpr, IS_VARLEN: tl.constexpr, HAS_BIAS: tl.constexpr,
@@ -63,11 +141,11 @@ def _fold_scores_bwd_kernel(
     m_k = o_k < K
     b_c = tl.zeros([BLOCK_K], dtype=tl.float32)
     if HAS_BIAS:
-        b_c = tl.load(bias + i_p * K + o_k, mask=m_k, other=0.0).to(tl.float32)
+        b_c = tl.load(bias + i_p * s_qp + o_k * s_qk, mask=m_k, other=0.0).to(tl.float32)
     b_dc = tl.maximum(tl.load(den + i_p * K + o_k, mask=m_k, other=1.0), floor)
     p_x = x + i_p * s_xp
-    p_q = q + i_p * K * D
-    p_du = du + i_p * K * D
+    p_q = q + i_p * s_qp
+    p_du = du + i_p * s_dup
 
     b_g = tl.zeros([BLOCK_K], dtype=tl.float32)
     for n0 in tl.range(n_start, n_end, BLOCK_N):
@@ -81,8 +159,8 @@ def _fold_scores_bwd_kernel(
             m_d = o_d < D
             b_x = tl.load(p_x + o_t[:, None] * s_xn + o_d[None, :], mask=m_n[:, None] & m_d[None, :], other=0.0)
             m_qt = m_d[:, None] & m_k[None, :]
-            b_qt = tl.load(p_q + o_k[None, :] * D + o_d[:, None], mask=m_qt, other=0.0)
-            b_dut = tl.load(p_du + o_k[None, :] * D + o_d[:, None], mask=m_qt, other=0.0)
+            b_qt = tl.load(p_q + o_k[None, :] * s_qk + o_d[:, None], mask=m_qt, other=0.0)
+            b_dut = tl.load(p_du + o_k[None, :] * s_duk + o_d[:, None], mask=m_qt, other=0.0)
             b_s += tl.dot(b_x, b_qt.to(b_x.dtype), input_precision=DOT_PREC)
             b_dw += tl.dot(b_x, b_dut.to(b_x.dtype), input_precision=DOT_PREC)
         b_s = tl.where(m_k[None, :], (b_s + b_c[None, :]) * scale, float("-inf"))
@@ -109,7 +187,7 @@ def _fold_dq_bwd_kernel(
     x, sd, g, den, dattn, mask, cu_seqlens, dq, dbias, tok_s,
     scale, eps, floor,
     N, MAX_N,
-    s_xp, s_xn, s_mp, s_ap, s_ak,
+    s_xp, s_xn, s_mp, s_ap, s_ak, s_dqp, s_dqk,
     K: tl.constexpr, D: tl.constexpr,
     BLOCK_K: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, DOT_PREC: tl.constexpr,
     HAS_MASK: tl.constexpr, IS_VARLEN: tl.constexpr, HAS_DATTN: tl.constexpr,
@@ -151,9 +229,10 @@ def _fold_dq_bwd_kernel(
             tl.store(p_tok + BLOCK_K, b_W.to(tok_s.dtype.element_ty), mask=m_n[:, None])
         b_x = tl.load(p_x + o_t[:, None] * s_xn + o_d[None, :], mask=m_n[:, None] & m_d[None, :], other=0.0)
         b_dq += tl.dot(tl.trans(b_ds.to(b_x.dtype)), b_x, input_precision=DOT_PREC)
-    tl.store(dq + (i_p * K + o_k[:, None]) * D + o_d[None, :], b_dq.to(dq.dtype.element_ty), mask=m_k[:, None] & m_d[None, :])
+    p_dq = dq + i_p * s_dqp + o_k[:, None] * s_dqk + o_d[None, :]
+    tl.store(p_dq, b_dq.to(dq.dtype.element_ty), mask=m_k[:, None] & m_d[None, :])
     if i_d == 0:
-        tl.store(dbias + i_p * K + o_k, b_db, mask=m_k)
+        tl.store(dbias + i_p * s_dqp + o_k * s_dqk, b_db.to(dbias.dtype.element_ty), mask=m_k)
 
 
 @triton.heuristics({"IS_VARLEN": lambda args: args["cu_seqlens"] is not None})
@@ -218,14 +297,53 @@ def token_shapes(x: torch.Tensor, cu_seqlens, P: int, K: int) -> tuple[tuple, tu
     return (rows, 2, _block_k(K)), (P, 2, K, x.shape[-1])
 
 
-def fold_bwd(q, x, mask, cu_seqlens, max_seqlen, bias, den, dout, dattn, *, scale: float, eps: float, n_split=None):
+def fold_fwd(qc, x, mask, cu_seqlens, max_seqlen, *, scale: float, eps: float, return_attn: bool = False,
+             n_split=None):
+    """Forward of the folded step. ``qc [P, K, D + 1]``: the slot queries q' in columns ``:D`` and the
+    per-slot logit bias c in column D (last dim contiguous; other strides free). Returns
+    ``(out [P, K, D + 1] in x's dtype — u' and, in column D, the weight sum Σ_n W —, den fp32 [P, K],
+    attn [P, 1, K, N] / [1, K, T] or None)``."""
+    P, K, D = qc.shape[0], qc.shape[1], qc.shape[2] - 1
+    N, max_n, s_xp, s_xn = _seq(x, cu_seqlens, max_seqlen)
+    bn, bd, warps = _tiles(D, x.device)
+    S = n_split if n_split is not None else _n_split(P, max_n, x.device)
+    out = torch.empty((P, K, D + 1), device=x.device, dtype=x.dtype)
+    den = torch.empty((P, K), device=x.device, dtype=torch.float32)
+    attn = None
+    if return_attn:
+        attn = torch.zeros((P, 1, K, x.shape[1]) if cu_seqlens is None else (1, K, x.shape[0]), device=x.device, dtype=x.dtype)
+    s_a = (0, 0) if attn is None else ((attn.stride(0), attn.stride(2)) if cu_seqlens is None else (0, attn.stride(1)))
+    ws_acc = ws_den = None
+    if S > 1:
+        ws_acc = torch.empty((S, P, K, D), device=x.device, dtype=torch.float32)
+        ws_den = torch.empty((S, P, K), device=x.device, dtype=torch.float32)
+    mask = None if mask is None else mask.view(torch.uint8)
+    if P > 0:
+        _fold_fwd_kernel[(P * triton.cdiv(D, bd), S)](
+            x, qc, qc[..., D], mask, cu_seqlens, out, den, attn, ws_acc, ws_den,
+            scale=float(scale), eps=float(eps), floor=DENOM_FLOOR, N=N, N_PER_SPLIT=triton.cdiv(max(max_n, 1), S),
+            s_xp=s_xp, s_xn=s_xn, s_qp=qc.stride(0), s_qk=qc.stride(1),
+            s_mp=mask.stride(0) if mask is not None else 0, s_op=out.stride(0), s_ok=out.stride(1),
+            s_ap=s_a[0], s_ak=s_a[1],
+            K=K, D=D, BLOCK_K=_block_k(K), BLOCK_N=bn, BLOCK_D=bd, DOT_PREC=_dot_prec(x.dtype), num_warps=warps,
+        )
+    if S > 1:
+        den = ws_den.sum(0)
+        dc = den.clamp_min(DENOM_FLOOR)
+        out[..., :D] = ws_acc.sum(0) / dc[..., None]
+        out[..., D] = den / dc
+    return out, den, attn
+
+
+def fold_bwd(qc, x, mask, cu_seqlens, max_seqlen, den, dout, dattn, *, scale: float, eps: float, n_split=None):
     """One iteration's backward without the input gradient.
 
-    q, dout ``[P, K, D]`` contiguous (q' and the gradient of ``u'``); x as in the module docstring;
-    bias fp32 ``[P, K]`` or None; den fp32 ``[P, K]``; dattn ``[P, 1, K, N]`` / ``[1, K, T]`` or None.
-    Returns ``(dq [P, K, D] in q's dtype, dbias fp32 [P, K], tok_s, tok_q)``.
+    qc ``[P, K, D + 1]`` as in :func:`fold_fwd`; dout ``[P, K, D + 1]`` the gradient of its output
+    (column D, the weight sum, is piecewise constant: its gradient is ignored); den fp32 ``[P, K]``;
+    dattn ``[P, 1, K, N]`` / ``[1, K, T]`` or None. Returns ``(dqc [P, K, D + 1] in qc's dtype —
+    dq' and, in column D, dc —, tok_s, tok_q)``.
     """
-    P, K, D = q.shape
+    P, K, D = qc.shape[0], qc.shape[1], qc.shape[2] - 1
     BK = _block_k(K)
     N, max_n, s_xp, s_xn = _seq(x, cu_seqlens, max_seqlen)
     bn, bd, warps = _tiles(D, x.device)
@@ -234,25 +352,25 @@ def fold_bwd(q, x, mask, cu_seqlens, max_seqlen, bias, den, dout, dattn, *, scal
     tok_s = (torch.zeros if cu_seqlens is not None else torch.empty)(shape_s, device=x.device, dtype=x.dtype)
     S = n_split if n_split is not None else _n_split(P, max_n, x.device)
     ws_g = torch.empty((S, P, BK), device=x.device, dtype=torch.float32)
-    dq = torch.empty_like(q)
-    dbias = torch.empty((P, K), device=x.device, dtype=torch.float32)
+    dqc = torch.empty((P, K, D + 1), device=x.device, dtype=qc.dtype)
     mask = None if mask is None else mask.view(torch.uint8)
     common = dict(mask=mask, cu_seqlens=cu_seqlens, scale=float(scale), eps=float(eps), floor=DENOM_FLOOR,
                   s_xp=s_xp, s_xn=s_xn, s_mp=mask.stride(0) if mask is not None else 0,
                   K=K, D=D, BLOCK_K=BK, BLOCK_N=bn, BLOCK_D=bd, DOT_PREC=_dot_prec(x.dtype), num_warps=warps)
     if P > 0:
         _fold_scores_bwd_kernel[(P, S)](
-            x, q, dout, bias=bias, den=den, sd=sd, ws_g=ws_g, N=N, N_PER_SPLIT=triton.cdiv(max(max_n, 1), S), **common
+            x, qc, dout, bias=qc[..., D], den=den, sd=sd, ws_g=ws_g, N=N, N_PER_SPLIT=triton.cdiv(max(max_n, 1), S),
+            s_qp=qc.stride(0), s_qk=qc.stride(1), s_dup=dout.stride(0), s_duk=dout.stride(1), **common
         )
     g = ws_g[0] if S == 1 else ws_g.sum(0)
     s_a = (0, 0) if dattn is None else ((dattn.stride(0), dattn.stride(2)) if cu_seqlens is None else (0, dattn.stride(1)))
     if P > 0:
         _fold_dq_bwd_kernel[(P, triton.cdiv(D, bd))](
-            x, sd, g, den, dattn, dq=dq, dbias=dbias, tok_s=tok_s, N=N, MAX_N=max(max_n, 1),
-            s_ap=s_a[0], s_ak=s_a[1], **common
+            x, sd, g, den, dattn, dq=dqc, dbias=dqc[..., D], tok_s=tok_s, N=N, MAX_N=max(max_n, 1),
+            s_ap=s_a[0], s_ak=s_a[1], s_dqp=dqc.stride(0), s_dqk=dqc.stride(1), **common
         )
-    tok_q = torch.stack((q.to(x.dtype), dout.to(x.dtype)), dim=1)  # [P, 2, K, D]
-    return dq, dbias, tok_s, tok_q
+    tok_q = torch.stack((qc[..., :D], dout[..., :D]), dim=1).to(x.dtype)  # [P, 2, K, D]
+    return dqc, tok_s, tok_q
 
 
 def fold_dx(tok_s: torch.Tensor, tok_q: torch.Tensor, x: torch.Tensor, cu_seqlens, max_seqlen) -> torch.Tensor:

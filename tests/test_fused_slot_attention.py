@@ -284,7 +284,7 @@ def test_forward_varlen_equals_padded_forward(fold):
 
 
 def test_triton_backend_really_launches_kernels(monkeypatch):
-    fwd = LaunchCounter(monkeypatch, ksa._slot_attn_fwd_kernel)
+    fwd = LaunchCounter(monkeypatch, ksd._fold_fwd_kernel)
     scores = LaunchCounter(monkeypatch, ksd._fold_scores_bwd_kernel)
     dq = LaunchCounter(monkeypatch, ksd._fold_dq_bwd_kernel)
     dx = LaunchCounter(monkeypatch, ksd._fold_dx_kernel)

@@ -38,6 +38,7 @@ class OpCounter:
         import collections
 
         self.launches = 0
+        self._in_kernel = 0
         self.kernels = collections.Counter()
         self.aten = collections.Counter()
 
@@ -59,7 +60,11 @@ class OpCounter:
             def counting_run(jit, *args, _run=run, **kwargs):
                 counter.launches += 1
                 counter.kernels[getattr(jit, "__name__", None) or jit.fn.__name__] += 1
-                return _run(jit, *args, **kwargs)
+                counter._in_kernel += 1  # the interpreter's own host copies are not device work
+                try:
+                    return _run(jit, *args, **kwargs)
+                finally:
+                    counter._in_kernel -= 1
 
             cls.run = counting_run
             self._patched.append((cls, run))
@@ -68,8 +73,12 @@ class OpCounter:
             def __torch_dispatch__(self, func, types, args=(), kwargs=None):
                 ns = func.namespace
                 name = func._schema.name.split("::")[-1]
-                if ns == "aten" and name not in counter.FREE and not func.is_view:
+                if ns == "aten" and name not in counter.FREE and not func.is_view and not counter._in_kernel:
                     counter.aten[name] += 1
+                if ns == "slotvlm":  # run the op's Python body with this mode on: count what it issues
+                    opdef = torch._library.custom_ops.OPDEFS[func._schema.name]
+                    with self:
+                        return opdef._init_fn(*args, **(kwargs or {}))
                 return func(*args, **(kwargs or {}))
 
         self._mode = Mode()

@@ -228,45 +228,20 @@ class SlotAttention(nn.Module):
         step, gru = _step_impl(backend)
         slots = self._start_slots(slots, b, num_slots, inputs, deterministic_init)
 
-        attend = self._attender(backend, step, self.norm_input(inputs), slots.shape[1], mask=mask)
-        slots, attn = self._iterate(slots, attend, gru, return_attn)
+        if self._folds(backend):
+            slots, attn = self._iterate_folded(slots, self.norm_input(inputs), mask, None, inputs.shape[1], return_attn)
+        else:
+            attend = self._attender(backend, step, self.norm_input(inputs), mask=mask)
+            slots, attn = self._iterate(slots, attend, gru, return_attn)
         if return_attn:
             return slots, attn.mean(dim=1)
         return slots
 
-    def _attender(self, backend, step, x, num_slots, *, mask=None, cu_seqlens=None, max_seqlen=None):
+    def _attender(self, backend, step, x, *, mask=None, cu_seqlens=None, max_seqlen=None):
         """``attend(q [P, K, H, Dh], want_attn) -> (updates [P, K, H, Dh], attn | None)`` over the
         normalised inputs x (``[P, N, dim]``, or ``[T, dim]`` packed with cu_seqlens)."""
         h, dh = self.heads, self.dim_head
         kw = dict(scale=self.scale, eps=self.eps)
-        if backend == "triton" and self.combine_heads is None and self.fold_projections:
-            from ..ops.fused import _projected_step, x_grad_tokens  # noqa: PLC0415
-
-            # Cast once: under autocast the folded step runs in the autocast dtype; converting the
-            # normalised inputs here (once per forward) instead of inside every iteration.
-            dev = x.device.type
-            if torch.is_autocast_enabled(dev) and x.dtype != torch.get_autocast_dtype(dev):
-                x = x.to(torch.get_autocast_dtype(dev))
-            n_max = int(max_seqlen) if cu_seqlens is not None else int(x.shape[1])
-            wk, bk, wv, bv = self.to_k.weight, self.to_k.bias, self.to_v.weight, self.to_v.bias
-            scale, eps = float(self.scale), float(self.eps)
-
-            # Deferred input gradient: one token pair per differentiated iteration; their backward
-            # writes dx once for all iterations (see slotvlm.ops.fused.x_grad_tokens).
-            tokens = []
-            if torch.is_grad_enabled() and x.requires_grad:
-                p = x.shape[0] if cu_seqlens is None else cu_seqlens.shape[0] - 1
-                tokens = x_grad_tokens(x, cu_seqlens, n_max, p, num_slots, 1 if self.implicit_grad else self.iters)
-            tokens.reverse()
-
-            def attend_projected(q, want_attn):
-                pair = tokens.pop() if tokens and torch.is_grad_enabled() else None
-                updates, attn = _projected_step(
-                    q.flatten(2), x, wk, bk, wv, bv, mask, cu_seqlens, n_max, scale, eps, bool(want_attn), pair
-                )
-                return updates.view(q.shape), attn
-
-            return attend_projected
         k = self.to_k(x).unflatten(-1, (h, dh))
         v = self.to_v(x).unflatten(-1, (h, dh))
         if cu_seqlens is None:
@@ -276,6 +251,59 @@ class SlotAttention(nn.Module):
         return lambda q, want_attn: slot_attention_step_varlen(
             q, k, v, cu_seqlens, max_seqlen, return_attn=want_attn, **kw
         )
+
+    def _folds(self, backend: str) -> bool:
+        return backend == "triton" and self.combine_heads is None and self.fold_projections
+
+    def _iterate_folded(self, slots, x, mask, cu_seqlens, max_seqlen, return_attn):
+        """The refinement loop of the one-head triton path, with the projections folded.
+
+        Once per forward: x is cast to the compute dtype (autocast), the weight products
+        ``[W_k | b_k]ᵀ W_q`` (slot LayerNorm output → q' and the logit bias c in one GEMM) and
+        ``W_ih [W_v | b_v]`` (the step's ``[u', Σ W]`` → the GRU's input gates in one GEMM) are
+        formed, and one pair of input-gradient tokens per differentiated iteration is made (the
+        input gradient of all iterations is written once, by their backward). Per iteration:
+        LayerNorm, 1 GEMM, the step kernel, 2 GEMMs, the GRU gate kernel, and the MLP block.
+        """
+        from ..ops.fused import _augment, _gru_gates, fold_step, x_grad_tokens  # noqa: PLC0415
+
+        dev = x.device.type
+        if torch.is_autocast_enabled(dev) and x.dtype != torch.get_autocast_dtype(dev):
+            x = x.to(torch.get_autocast_dtype(dev))  # cast once, not per iteration
+        b, num_slots, d = slots.shape
+        n_max = int(max_seqlen)
+        w_kb = _augment(self.to_k.weight, self.to_k.bias)  # [D, D_in + 1]
+        q_w = torch.matmul(w_kb.t(), self.to_q.weight)  # [D_in + 1, D]
+        q_b = torch.mv(w_kb.t(), self.to_q.bias) if self.to_q.bias is not None else None
+        g_w = torch.matmul(self.gru.weight_ih, _augment(self.to_v.weight, self.to_v.bias))  # [3D, D_in + 1]
+        tokens = []
+        if torch.is_grad_enabled() and x.requires_grad:
+            tokens = x_grad_tokens(x, cu_seqlens, n_max, b, num_slots, 1 if self.implicit_grad else self.iters)
+        tokens.reverse()
+        scale, eps = float(self.scale), float(self.eps)
+
+        def iterate(slots, want_attn):
+            prev = slots.reshape(b * num_slots, d)
+            qc = torch.nn.functional.linear(self.norm_slots(prev), q_w, q_b).view(b, num_slots, -1)
+            pair = tokens.pop() if tokens and torch.is_grad_enabled() else None
+            out, attn = fold_step(qc, x.to(qc.dtype), mask, cu_seqlens, n_max, scale, eps, want_attn, pair)
+            gi = torch.nn.functional.linear(out.view(b * num_slots, -1), g_w, self.gru.bias_ih)
+            gh = torch.nn.functional.linear(prev, self.gru.weight_hh, self.gru.bias_hh)
+            new = _gru_gates(gi, gh, prev if prev.dtype == gi.dtype else prev.to(gi.dtype))
+            new = new + self.mlp(self.norm_pre_ff(new))
+            return new.view(b, num_slots, d), attn
+
+        attn = None
+        for it in range(self.iters):
+            last = it == self.iters - 1
+            if self.implicit_grad and not last:
+                with torch.no_grad():
+                    slots, _ = iterate(slots, False)
+                continue
+            if self.implicit_grad and last:
+                slots = slots.detach()
+            slots, attn = iterate(slots, return_attn and last)
+        return slots, attn
 
     def _iterate(self, slots, attend, gru, return_attn):
         """The refinement loop shared by :meth:`forward` and :meth:`forward_varlen`.
@@ -380,10 +408,13 @@ class SlotAttention(nn.Module):
             )
         step, gru = _step_impl(backend)
         slots = self._start_slots(slots, p, num_slots, inputs, deterministic_init)
-        attend = self._attender(
-            backend, step, self.norm_input(inputs), slots.shape[1], cu_seqlens=cu_seqlens, max_seqlen=max_seqlen
-        )
-        slots, attn = self._iterate(slots, attend, gru, return_attn)
+        if self._folds(backend):
+            slots, attn = self._iterate_folded(slots, self.norm_input(inputs), None, cu_seqlens, max_seqlen, return_attn)
+        else:
+            attend = self._attender(
+                backend, step, self.norm_input(inputs), cu_seqlens=cu_seqlens, max_seqlen=max_seqlen
+            )
+            slots, attn = self._iterate(slots, attend, gru, return_attn)
         if return_attn:
             return slots, attn.mean(dim=0)
         return slots

@@ -239,78 +239,72 @@ def _(tok_s, tok_q, x, cu_seqlens, max_seqlen):
 @torch.library.custom_op("slotvlm::slot_attn_fold_fwd", mutates_args=())
 @entry_guard
 def _slot_attn_fold_fwd(
-    q: Tensor,
+    qc: Tensor,
     x: Tensor,
-    tok_s: Tensor,
-    tok_q: Tensor,
+    tok_s: Optional[Tensor],
+    tok_q: Optional[Tensor],
     mask: Optional[Tensor],
     cu_seqlens: Optional[Tensor],
-    bias: Optional[Tensor],
     max_seqlen: int,
     scale: float,
     eps: float,
     return_attn: bool,
 ) -> tuple[Tensor, Tensor, Tensor]:
-    # q [P, K, D], x [P, N, D] / [T, D], bias fp32 [P, K]: one head, keys = values = x
-    xh = x.unsqueeze(-2)
-    out, den, attn = _sa.slot_attention_fwd(
-        q.unsqueeze(2), xh, xh, _u8(mask), cu_seqlens, max_seqlen, scale=scale, eps=eps, return_attn=return_attn,
-        bias=None if bias is None else bias.unsqueeze(1),
-    )
-    return out.squeeze(2), den.squeeze(1), (attn if attn is not None else q.new_empty(0))
+    # qc [P, K, D + 1] (q' and the logit bias c), x [P, N, D] / [T, D]: one head, keys = values = x
+    out, den, attn = _sd.fold_fwd(qc, x, _u8(mask), cu_seqlens, max_seqlen, scale=scale, eps=eps, return_attn=return_attn)
+    return out, den, (attn if attn is not None else x.new_empty(0))
 
 
 @_slot_attn_fold_fwd.register_fake
-def _(q, x, tok_s, tok_q, mask, cu_seqlens, bias, max_seqlen, scale, eps, return_attn):
-    P, K, _ = q.shape
-    out = torch.empty_like(q, memory_format=torch.contiguous_format)
-    den = q.new_empty((P, K), dtype=torch.float32)
+def _(qc, x, tok_s, tok_q, mask, cu_seqlens, max_seqlen, scale, eps, return_attn):
+    P, K, _ = qc.shape
+    out = x.new_empty(qc.shape)
+    den = x.new_empty((P, K), dtype=torch.float32)
     if not return_attn:
-        attn = q.new_empty(0)
+        attn = x.new_empty(0)
     elif cu_seqlens is None:
-        attn = q.new_empty((P, 1, K, x.shape[1]))
+        attn = x.new_empty((P, 1, K, x.shape[1]))
     else:
-        attn = q.new_empty((1, K, x.shape[0]))
+        attn = x.new_empty((1, K, x.shape[0]))
     return out, den, attn
 
 
 @torch.library.custom_op("slotvlm::slot_attn_fold_bwd", mutates_args=())
 @entry_guard
 def _slot_attn_fold_bwd(
-    q: Tensor,
+    qc: Tensor,
     x: Tensor,
     mask: Optional[Tensor],
     cu_seqlens: Optional[Tensor],
-    bias: Optional[Tensor],
     max_seqlen: int,
     den: Tensor,
     dout: Tensor,
     dattn: Optional[Tensor],
     scale: float,
     eps: float,
-) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-    return _sd.fold_bwd(q, x, mask, cu_seqlens, max_seqlen, bias, den, dout, dattn, scale=scale, eps=eps)
+) -> tuple[Tensor, Tensor, Tensor]:
+    return _sd.fold_bwd(qc, x, _u8(mask), cu_seqlens, max_seqlen, den, dout, dattn, scale=scale, eps=eps)
 
 
 @_slot_attn_fold_bwd.register_fake
-def _(q, x, mask, cu_seqlens, bias, max_seqlen, den, dout, dattn, scale, eps):
-    P, K, _ = q.shape
+def _(qc, x, mask, cu_seqlens, max_seqlen, den, dout, dattn, scale, eps):
+    P, K, _ = qc.shape
     shape_s, shape_q = _sd.token_shapes(x, cu_seqlens, P, K)
-    return torch.empty_like(q), den.new_empty((P, K)), x.new_empty(shape_s), x.new_empty(shape_q)
+    return qc.new_empty(qc.shape), x.new_empty(shape_s), x.new_empty(shape_q)
 
 
 def _fold_setup(ctx, inputs, output):
-    q, x, _, _, mask, cu_seqlens, bias, max_seqlen, scale, eps, return_attn = inputs
-    ctx.save_for_backward(q, x, mask, cu_seqlens, bias, output[1])
+    qc, x, _, _, mask, cu_seqlens, max_seqlen, scale, eps, return_attn = inputs
+    ctx.save_for_backward(qc, x, mask, cu_seqlens, output[1])
     ctx.max_seqlen, ctx.scale, ctx.eps, ctx.return_attn = max_seqlen, scale, eps, return_attn
 
 
 def _fold_backward(ctx, dout, dden, dattn):
-    q, x, mask, cu_seqlens, bias, den = ctx.saved_tensors
-    dq, dbias, tok_s, tok_q = _slot_attn_fold_bwd(
-        q, x, mask, cu_seqlens, bias, ctx.max_seqlen, den, dout, dattn if ctx.return_attn else None, ctx.scale, ctx.eps
+    qc, x, mask, cu_seqlens, den = ctx.saved_tensors
+    dqc, tok_s, tok_q = _slot_attn_fold_bwd(
+        qc, x, mask, cu_seqlens, ctx.max_seqlen, den, dout, dattn if ctx.return_attn else None, ctx.scale, ctx.eps
     )
-    return dq, None, tok_s, tok_q, None, None, (dbias if bias is not None else None), None, None, None, None
+    return dqc, None, tok_s, tok_q, None, None, None, None, None, None
 
 
 _slot_attn_fold_fwd.register_autograd(_fold_backward, setup_context=_fold_setup)
@@ -508,39 +502,34 @@ def slot_attention_step_projected(
     )
 
 
-def _projected_step(
-    q, x, w_k, b_k, w_v, b_v, mask, cu_seqlens, max_seqlen: int, scale: float, eps: float, return_attn: bool,
-    tokens=None,
-):
-    """:func:`slot_attention_step_projected` without the argument checks (the module validates
-    once per call). x should already be in the dtype of ``q @ w_k`` (under autocast the module
-    casts it once per forward); a mismatch is converted here. ``tokens`` (a pair from
-    :func:`x_grad_tokens`): defer the input gradient to the tokens' single pass; None: when a
-    gradient can be needed, one pair is made here (the standalone call)."""
-    qk = torch.matmul(q, w_k)  # [P, K, D_in]
-    if x.dtype != qk.dtype:
-        x = x.to(qk.dtype)
-    bias = None
-    if b_k is not None:
-        bias = torch.matmul(q.float(), b_k.float())  # [P, K] fp32
+def _augment(w: Tensor, b: Optional[Tensor]) -> Tensor:
+    """``[w | b]`` (a zero column without a bias): ``[D, D_in]`` → ``[D, D_in + 1]``."""
+    col = b.unsqueeze(1) if b is not None else w.new_zeros(w.shape[0], 1)
+    return torch.cat([w, col.to(w.dtype)], dim=1)
+
+
+def fold_step(qc, x, mask, cu_seqlens, max_seqlen: int, scale: float, eps: float, return_attn: bool, tokens=None):
+    """The folded one-head step on prepared inputs (no argument checks; the module's per-iteration
+    call). ``qc [P, K, D + 1]``: slot queries projected by ``[W_k | b_k]`` (q' and the logit bias);
+    x in qc's dtype. Returns ``(out [P, K, D + 1], attn)``: u' = Σ_n W x_n and the weight sum, so
+    ``out @ [W_v | b_v]ᵀ`` is the update. ``tokens``: a pair from :func:`x_grad_tokens` (the input
+    gradient is deferred to them); None: one pair is made here when a gradient can be needed."""
     if tokens is None and torch.is_grad_enabled() and x.requires_grad:
-        tokens = x_grad_tokens(x, cu_seqlens, max_seqlen, q.shape[0], q.shape[1], 1)[0]
-    if tokens is not None:
-        ux, den, attn = _slot_attn_fold_fwd(
-            qk, x, tokens[0], tokens[1], mask, cu_seqlens, bias, max_seqlen, scale, eps, return_attn
-        )
-        den = den.unsqueeze(1)
-    else:
-        xh = x.unsqueeze(-2)  # one head: [P, N, 1, D_in] or [T, 1, D_in]; keys = values = x
-        bias = None if bias is None else bias.unsqueeze(1).contiguous()
-        ux, den, attn = _slot_attn_fwd(qk.unsqueeze(2), xh, None, mask, cu_seqlens, bias, max_seqlen, scale, eps, return_attn)
-        ux = ux.squeeze(2)
-    updates = torch.nn.functional.linear(ux, w_v.to(ux.dtype))
-    if b_v is not None:
-        # sum_n W[k, n] = den / max(den, floor): 1 for a problem with tokens, 0 for an empty one
-        weight_sum = (den / den.clamp_min(_sa.DENOM_FLOOR)).detach().transpose(1, 2)  # [P, K, 1]
-        updates = updates + weight_sum.to(updates.dtype) * b_v.to(updates.dtype)
-    return updates, (attn if return_attn else None)
+        tokens = x_grad_tokens(x, cu_seqlens, max_seqlen, qc.shape[0], qc.shape[1], 1)[0]
+    tok_s, tok_q = tokens if tokens is not None else (None, None)
+    out, _, attn = _slot_attn_fold_fwd(qc, x, tok_s, tok_q, mask, cu_seqlens, max_seqlen, scale, eps, return_attn)
+    return out, (attn if return_attn else None)
+
+
+def _projected_step(q, x, w_k, b_k, w_v, b_v, mask, cu_seqlens, max_seqlen: int, scale: float, eps: float, return_attn: bool):
+    """:func:`slot_attention_step_projected` without the argument checks."""
+    qc = torch.matmul(q, _augment(w_k, b_k))  # [P, K, D_in + 1]: q W_k and q·b_k
+    if x.dtype != qc.dtype:
+        x = x.to(qc.dtype)
+    out, attn = fold_step(qc, x, mask, cu_seqlens, max_seqlen, scale, eps, return_attn)
+    # sum_n W[k, n] (column D_in of out) is 1 for a problem with tokens, 0 for an empty one
+    updates = torch.nn.functional.linear(out, _augment(w_v, b_v).to(out.dtype))
+    return updates, attn
 
 
 def gru_gates(gi: Tensor, gh: Tensor, h: Tensor) -> Tensor:
