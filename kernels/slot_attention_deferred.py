@@ -184,10 +184,10 @@ def _fold_scores_bwd_kernel(
 )
 @triton.jit(do_not_specialize=["N", "MAX_N"])
 def _fold_dq_bwd_kernel(
-    x, sd, g, den, dattn, mask, cu_seqlens, dq, dbias, tok_s,
+    x, q, du, sd, g, den, dattn, mask, cu_seqlens, dq, dbias, tok_s, tok_q,
     scale, eps, floor,
     N, MAX_N,
-    s_xp, s_xn, s_mp, s_ap, s_ak, s_dqp, s_dqk,
+    s_xp, s_xn, s_mp, s_ap, s_ak, s_qp, s_qk, s_dqp, s_dqk, s_dup, s_duk,
     K: tl.constexpr, D: tl.constexpr,
     BLOCK_K: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, DOT_PREC: tl.constexpr,
     HAS_MASK: tl.constexpr, IS_VARLEN: tl.constexpr, HAS_DATTN: tl.constexpr,
@@ -229,8 +229,15 @@ def _fold_dq_bwd_kernel(
             tl.store(p_tok + BLOCK_K, b_W.to(tok_s.dtype.element_ty), mask=m_n[:, None])
         b_x = tl.load(p_x + o_t[:, None] * s_xn + o_d[None, :], mask=m_n[:, None] & m_d[None, :], other=0.0)
         b_dq += tl.dot(tl.trans(b_ds.to(b_x.dtype)), b_x, input_precision=DOT_PREC)
+    m_kd = m_k[:, None] & m_d[None, :]
     p_dq = dq + i_p * s_dqp + o_k[:, None] * s_dqk + o_d[None, :]
-    tl.store(p_dq, b_dq.to(dq.dtype.element_ty), mask=m_k[:, None] & m_d[None, :])
+    tl.store(p_dq, b_dq.to(dq.dtype.element_ty), mask=m_kd)
+    # this iteration's q' and du' into its token (tok_q [P, 2, K, D]), for the final dx pass
+    p_tq = tok_q + (i_p * 2 * K + o_k[:, None]) * D + o_d[None, :]
+    b_q = tl.load(q + i_p * s_qp + o_k[:, None] * s_qk + o_d[None, :], mask=m_kd, other=0.0)
+    b_du = tl.load(du + i_p * s_dup + o_k[:, None] * s_duk + o_d[None, :], mask=m_kd, other=0.0)
+    tl.store(p_tq, b_q.to(tok_q.dtype.element_ty), mask=m_kd)
+    tl.store(p_tq + K * D, b_du.to(tok_q.dtype.element_ty), mask=m_kd)
     if i_d == 0:
         tl.store(dbias + i_p * s_dqp + o_k * s_dqk, b_db.to(dbias.dtype.element_ty), mask=m_k)
 
@@ -353,6 +360,7 @@ def fold_bwd(qc, x, mask, cu_seqlens, max_seqlen, den, dout, dattn, *, scale: fl
     S = n_split if n_split is not None else _n_split(P, max_n, x.device)
     ws_g = torch.empty((S, P, BK), device=x.device, dtype=torch.float32)
     dqc = torch.empty((P, K, D + 1), device=x.device, dtype=qc.dtype)
+    tok_q = torch.empty(shape_q, device=x.device, dtype=x.dtype)
     mask = None if mask is None else mask.view(torch.uint8)
     common = dict(mask=mask, cu_seqlens=cu_seqlens, scale=float(scale), eps=float(eps), floor=DENOM_FLOOR,
                   s_xp=s_xp, s_xn=s_xn, s_mp=mask.stride(0) if mask is not None else 0,
@@ -366,10 +374,10 @@ def fold_bwd(qc, x, mask, cu_seqlens, max_seqlen, den, dout, dattn, *, scale: fl
     s_a = (0, 0) if dattn is None else ((dattn.stride(0), dattn.stride(2)) if cu_seqlens is None else (0, dattn.stride(1)))
     if P > 0:
         _fold_dq_bwd_kernel[(P, triton.cdiv(D, bd))](
-            x, sd, g, den, dattn, dq=dqc, dbias=dqc[..., D], tok_s=tok_s, N=N, MAX_N=max(max_n, 1),
-            s_ap=s_a[0], s_ak=s_a[1], s_dqp=dqc.stride(0), s_dqk=dqc.stride(1), **common
+            x, qc, dout, sd, g, den, dattn, dq=dqc, dbias=dqc[..., D], tok_s=tok_s, tok_q=tok_q, N=N,
+            MAX_N=max(max_n, 1), s_ap=s_a[0], s_ak=s_a[1], s_dqp=dqc.stride(0), s_dqk=dqc.stride(1),
+            s_qp=qc.stride(0), s_qk=qc.stride(1), s_dup=dout.stride(0), s_duk=dout.stride(1), **common
         )
-    tok_q = torch.stack((qc[..., :D], dout[..., :D]), dim=1).to(x.dtype)  # [P, 2, K, D]
     return dqc, tok_s, tok_q
 
 

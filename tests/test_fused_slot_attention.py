@@ -145,6 +145,53 @@ def test_projected_step_equals_step_on_projected_keys():
     close(up, ru.squeeze(2), "updates (packed)")
 
 
+def saturated_problem(P=2, K=5, N=24, D=16, device="cpu"):
+    """q, x where slot 0 wins essentially one token (a single-token slot) and slot 2 loses every
+    token (saturated softmax: den ~ N·(a + eps) ~ 1e-6), the cases where ``(dW − g)/den``
+    amplifies rounding. Shared with the GPU test."""
+    g = torch.Generator().manual_seed(0)
+    e = torch.zeros(D)
+    e[0] = 1.0
+    x = torch.randn(P, N, D, generator=g) * 0.5 + 2.0 * e
+    q = torch.randn(P, K, D, generator=g) * 0.3 + 2.0 * e
+    q[:, 0] = (x[:, 3] - 2.0 * e) * 40.0 - 40.0 * e
+    q[:, 2] = -40.0 * e
+    return q.to(device), x.to(device)
+
+
+def _projected_plain(q, x, **kw):
+    """The folded step with identity projections: the plain step with keys = values = x."""
+    D = x.shape[-1]
+    eye, zero = torch.eye(D, dtype=x.dtype, device=x.device), torch.zeros(D, dtype=x.dtype, device=x.device)
+    return fused.slot_attention_step_projected(q, x, eye, zero, eye, zero, scale=D**-0.5, **kw)[0]
+
+
+def _ref_plain(q, x):
+    xh = x.unsqueeze(2)
+    return slot_attention_step_ref(q.unsqueeze(2), xh, xh, scale=x.shape[-1] ** -0.5)[0].squeeze(2)
+
+
+def _grads(fn, q, x, g):
+    q, x = q.clone().requires_grad_(), x.clone().requires_grad_()
+    u = fn(q, x)
+    (u * g.to(u.dtype)).sum().backward()
+    return u.detach(), q.grad, x.grad
+
+
+def test_single_token_and_saturated_slots_keep_torchs_error():
+    """The correction term g is summed from the same dW values it is subtracted from, so the
+    gradients of a single-token slot and of a slot that loses every token (den ~ 1e-6) stay at
+    PyTorch's own fp32 error (fp64 as the truth)."""
+    q, x = saturated_problem()
+    g = torch.randn(q.shape)
+    exact = _grads(_ref_plain, q.double(), x.double(), g.double())
+    torch32 = _grads(_ref_plain, q, x, g)
+    ours = _grads(_projected_plain, q, x, g)
+    for name, a, t, e in zip(("updates", "dq", "dx"), ours, torch32, exact):
+        err_ours, err_torch = (a.double() - e).abs().max().item(), (t.double() - e).abs().max().item()
+        assert err_ours <= 2 * err_torch + 1e-7, f"{name}: ours {err_ours:.3e} vs torch fp32 {err_torch:.3e}"
+
+
 def _pack(k, lengths):
     return torch.cat([k[i, :n] for i, n in enumerate(lengths)])
 
@@ -358,6 +405,27 @@ def test_opcheck_slot_attn_bwd():
     out, den, _ = torch.ops.slotvlm.slot_attn_fwd(q, k, v, mask, None, bias, 9, 0.25, 1e-8, False)
     args = (q, k, v, mask, None, bias, 9, out, torch.randn_like(out), den, None, 0.25, 1e-8)
     _opcheck(torch.ops.slotvlm.slot_attn_bwd.default, args)
+
+
+@pytest.mark.parametrize("form", ["padded-mask-attn", "varlen"])
+def test_opcheck_fold_ops(form):
+    """The folded step's ops (the input-gradient tokens op is left out: its outputs are
+    uninitialised placeholders whose only role is to carry gradients)."""
+    P, K, D = 2, 3, 16
+    if form == "varlen":
+        x, cu, mask, n = torch.randn(9, D), torch.tensor([0, 4, 9], dtype=torch.int32), None, 5
+    else:
+        x, cu, n = torch.randn(P, 9, D), None, 9
+        mask = torch.rand(P, 9) > 0.3
+    qc = torch.randn(P, K, D + 1, requires_grad=True)
+    attn = form != "varlen"
+    _opcheck(torch.ops.slotvlm.slot_attn_fold_fwd.default, (qc, x, None, None, mask, cu, n, 0.25, 1e-8, attn))
+    out, den, a = torch.ops.slotvlm.slot_attn_fold_fwd(qc.detach(), x, None, None, mask, cu, n, 0.25, 1e-8, attn)
+    dattn = torch.randn_like(a) if attn else None
+    bwd_args = (qc.detach(), x, mask, cu, n, den, torch.randn_like(out), dattn, 0.25, 1e-8)
+    _opcheck(torch.ops.slotvlm.slot_attn_fold_bwd.default, bwd_args)
+    _, tok_s, tok_q = torch.ops.slotvlm.slot_attn_fold_bwd(*bwd_args)
+    _opcheck(torch.ops.slotvlm.slot_attn_fold_dx.default, (tok_s[None], tok_q[None], x, cu, n))
 
 
 def test_opcheck_gru_gates_and_bwd():

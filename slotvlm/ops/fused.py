@@ -294,16 +294,22 @@ def _(qc, x, mask, cu_seqlens, max_seqlen, den, dout, dattn, scale, eps):
 
 
 def _fold_setup(ctx, inputs, output):
-    qc, x, _, _, mask, cu_seqlens, max_seqlen, scale, eps, return_attn = inputs
+    qc, x, tok_s, _, mask, cu_seqlens, max_seqlen, scale, eps, return_attn = inputs
     ctx.save_for_backward(qc, x, mask, cu_seqlens, output[1])
+    ctx.has_tokens = tok_s is not None
+    ctx.set_materialize_grads(False)  # den's and unused attn's gradients: no zero tensors
     ctx.max_seqlen, ctx.scale, ctx.eps, ctx.return_attn = max_seqlen, scale, eps, return_attn
 
 
 def _fold_backward(ctx, dout, dden, dattn):
     qc, x, mask, cu_seqlens, den = ctx.saved_tensors
+    if dout is None:  # only den / attn reached the loss
+        dout = torch.zeros_like(qc)
     dqc, tok_s, tok_q = _slot_attn_fold_bwd(
         qc, x, mask, cu_seqlens, ctx.max_seqlen, den, dout, dattn if ctx.return_attn else None, ctx.scale, ctx.eps
     )
+    if not ctx.has_tokens:
+        tok_s = tok_q = None
     return dqc, None, tok_s, tok_q, None, None, None, None, None, None
 
 
