@@ -400,40 +400,54 @@ def fold_dx(tok_s: torch.Tensor, tok_q: torch.Tensor, x: torch.Tensor, cu_seqlen
     return dx
 
 
+def _nbytes(t) -> int:
+    return 0 if t is None else t.numel() * t.element_size()
+
+
+def _rows(a) -> int:
+    return a["x"].numel() // a["D"]
+
+
+def _traffic_fwd(grid, a):
+    """x streamed once from HBM per problem (the D-chunk programs of a problem are neighbours and
+    share it through L2); every D-chunk program recomputes the logits (FLOPs, not bytes)."""
+    rows, D, BK, e = _rows(a), a["D"], a["BLOCK_K"], a["x"].element_size()
+    num_d = -(-D // a["BLOCK_D"])
+    P = grid[0] // num_d
+    read = rows * D * e + P * a["K"] * (D + 1) * a["q"].element_size() + _nbytes(a.get("mask"))
+    written = _nbytes(a["out"]) + _nbytes(a["den"]) + _nbytes(a.get("attn")) + _nbytes(a.get("ws_acc")) + _nbytes(a.get("ws_den"))
+    return read, written, 2 * rows * D * BK * (num_d + 1)
+
+
 def _traffic_scores(grid, a):
-    x = a["x"]
-    P, S = grid[0], grid[1]
-    K, D, BK = a["K"], a["D"], a["BLOCK_K"]
-    rows = x.numel() // D
-    e = x.element_size()
-    read = rows * D * e + 2 * P * K * D * e + 2 * P * K * 4
-    written = rows * 2 * BK * 4 + S * P * BK * 4
+    rows, D, BK, e = _rows(a), a["D"], a["BLOCK_K"], a["x"].element_size()
+    P, K = grid[0], a["K"]
+    read = rows * D * e + 2 * P * K * D * e + P * K * 4 + _nbytes(a.get("mask"))
+    written = _nbytes(a["sd"]) + _nbytes(a["ws_g"])
     return read, written, 4 * rows * D * BK
 
 
 def _traffic_dq(grid, a):
-    x = a["x"]
-    P = grid[0]
-    K, D, BK = a["K"], a["D"], a["BLOCK_K"]
-    rows = x.numel() // D
-    e = x.element_size()
-    read = rows * D * e + rows * 2 * BK * 4 + 3 * P * K * 4 + (rows * K * e if a.get("dattn") is not None else 0)
-    written = P * K * D * e + P * K * 4 + rows * 2 * BK * e
+    """x once; the small score tensor sd once per D-chunk program."""
+    rows, D, BK, e = _rows(a), a["D"], a["BLOCK_K"], a["x"].element_size()
+    P, K, num_d = grid[0], a["K"], grid[1]
+    read = rows * D * e + num_d * _nbytes(a["sd"]) + 2 * P * K * D * e + _nbytes(a.get("dattn")) + _nbytes(a.get("mask"))
+    written = P * K * (D + 1) * e + _nbytes(a["tok_s"]) + _nbytes(a["tok_q"])
     return read, written, 2 * rows * D * BK
 
 
 def _traffic_dx(grid, a):
-    tok_s, tok_q, dx = a["tok_s"], a["tok_q"], a["dx"]
-    BK = a["BLOCK_K"]
-    D = a["D"]
-    rows = dx.numel() // D
-    return tok_s.numel() * tok_s.element_size() + tok_q.numel() * tok_q.element_size(), dx.numel() * dx.element_size(), \
-        4 * rows * D * BK * a["ITERS"]
+    D, BK = a["D"], a["BLOCK_K"]
+    rows = a["dx"].numel() // D
+    num_d = grid[1]
+    read = num_d * _nbytes(a["tok_s"]) + _nbytes(a["tok_q"])
+    return read, _nbytes(a["dx"]), 4 * rows * D * BK * a["ITERS"]
 
 
 # HBM traffic per launch: kernel name -> fn(grid, args) -> (bytes read, bytes written, FLOPs).
 # FLOPs count the padded MMA work (BLOCK_K columns), i.e. what the tensor cores execute.
 TRAFFIC = {
+    "_fold_fwd_kernel": _traffic_fwd,
     "_fold_scores_bwd_kernel": _traffic_scores,
     "_fold_dq_bwd_kernel": _traffic_dq,
     "_fold_dx_kernel": _traffic_dx,
