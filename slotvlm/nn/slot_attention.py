@@ -265,32 +265,48 @@ class SlotAttention(nn.Module):
         input gradient of all iterations is written once, by their backward). Per iteration:
         LayerNorm, 1 GEMM, the step kernel, 2 GEMMs, the GRU gate kernel, and the MLP block.
         """
+        from ..ops.deferred import deferred_linear, weight_grad_tokens  # noqa: PLC0415
         from ..ops.fused import _augment, _gru_gates, fold_step, x_grad_tokens  # noqa: PLC0415
 
         dev = x.device.type
-        if torch.is_autocast_enabled(dev) and x.dtype != torch.get_autocast_dtype(dev):
-            x = x.to(torch.get_autocast_dtype(dev))  # cast once, not per iteration
+        autocast = torch.get_autocast_dtype(dev) if torch.is_autocast_enabled(dev) else None
+        if autocast is not None and x.dtype != autocast:
+            x = x.to(autocast)  # cast once, not per iteration
         b, num_slots, d = slots.shape
         n_max = int(max_seqlen)
         w_kb = _augment(self.to_k.weight, self.to_k.bias)  # [D, D_in + 1]
         q_w = torch.matmul(w_kb.t(), self.to_q.weight)  # [D_in + 1, D]
         q_b = torch.mv(w_kb.t(), self.to_q.bias) if self.to_q.bias is not None else None
         g_w = torch.matmul(self.gru.weight_ih, _augment(self.to_v.weight, self.to_v.bias))  # [3D, D_in + 1]
-        tokens = []
-        if torch.is_grad_enabled() and x.requires_grad:
-            tokens = x_grad_tokens(x, cu_seqlens, n_max, b, num_slots, 1 if self.implicit_grad else self.iters)
-        tokens.reverse()
+        mlp1, mlp2 = self.mlp[0], self.mlp[2]
+        layers = {
+            "q": (q_w, q_b), "gi": (g_w, self.gru.bias_ih), "gh": (self.gru.weight_hh, self.gru.bias_hh),
+            "mlp1": (mlp1.weight, mlp1.bias), "mlp2": (mlp2.weight, mlp2.bias),
+        }
+        n_diff = 1 if self.implicit_grad else self.iters
+        tokens, w_tokens = [], {}
+        if torch.is_grad_enabled():
+            if x.requires_grad:
+                tokens = x_grad_tokens(x, cu_seqlens, n_max, b, num_slots, n_diff)[::-1]
+            for name, (w, bias) in layers.items():
+                if w.requires_grad or (bias is not None and bias.requires_grad):
+                    # weight gradients of all iterations in one GEMM (slotvlm.ops.deferred)
+                    w_tokens[name] = weight_grad_tokens(w, bias, b * num_slots, n_diff, autocast)[::-1]
         scale, eps = float(self.scale), float(self.eps)
+
+        def linear(name, a):
+            toks = w_tokens.get(name)
+            return deferred_linear(a, *layers[name], toks.pop() if toks and torch.is_grad_enabled() else None)
 
         def iterate(slots, want_attn):
             prev = slots.reshape(b * num_slots, d)
-            qc = torch.nn.functional.linear(self.norm_slots(prev), q_w, q_b).view(b, num_slots, -1)
+            qc = linear("q", self.norm_slots(prev)).view(b, num_slots, -1)
             pair = tokens.pop() if tokens and torch.is_grad_enabled() else None
             out, attn = fold_step(qc, x.to(qc.dtype), mask, cu_seqlens, n_max, scale, eps, want_attn, pair)
-            gi = torch.nn.functional.linear(out.view(b * num_slots, -1), g_w, self.gru.bias_ih)
-            gh = torch.nn.functional.linear(prev, self.gru.weight_hh, self.gru.bias_hh)
+            gi = linear("gi", out.view(b * num_slots, -1))
+            gh = linear("gh", prev)
             new = _gru_gates(gi, gh, prev if prev.dtype == gi.dtype else prev.to(gi.dtype))
-            new = new + self.mlp(self.norm_pre_ff(new))
+            new = new + linear("mlp2", torch.relu(linear("mlp1", self.norm_pre_ff(new))))
             return new.view(b, num_slots, d), attn
 
         attn = None
