@@ -294,9 +294,9 @@ class SlotAttention(nn.Module):
                     w_tokens[name] = weight_grad_tokens(w, bias, b * num_slots, n_diff, autocast)[::-1]
         scale, eps = float(self.scale), float(self.eps)
 
-        def linear(name, a):
+        def linear(name, a, relu=False):
             toks = w_tokens.get(name)
-            return deferred_linear(a, *layers[name], toks.pop() if toks and torch.is_grad_enabled() else None)
+            return deferred_linear(a, *layers[name], toks.pop() if toks and torch.is_grad_enabled() else None, relu)
 
         def iterate(slots, want_attn):
             prev = slots.reshape(b * num_slots, d)
@@ -306,7 +306,7 @@ class SlotAttention(nn.Module):
             gi = linear("gi", out.view(b * num_slots, -1))
             gh = linear("gh", prev)
             new = _gru_gates(gi, gh, prev if prev.dtype == gi.dtype else prev.to(gi.dtype))
-            new = new + linear("mlp2", torch.relu(linear("mlp1", self.norm_pre_ff(new))))
+            new = new + linear("mlp2", linear("mlp1", self.norm_pre_ff(new), relu=True))
             return new.view(b, num_slots, d), attn
 
         attn = None

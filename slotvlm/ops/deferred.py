@@ -47,21 +47,32 @@ class _WeightTokens(torch.autograd.Function):
         return dw, db, None, None, None
 
 
+def _linear(a: Tensor, weight: Tensor, bias: Optional[Tensor], relu: bool) -> Tensor:
+    """``F.linear`` (then ReLU). Outside autocast with a bias the ReLU rides in the GEMM's epilogue
+    (``aten::_addmm_activation``: cuBLASLt's fused epilogue on CUDA): one kernel, not two."""
+    if relu and bias is not None and not torch.is_autocast_enabled(a.device.type):
+        return torch._addmm_activation(bias, a, weight.t())
+    out = torch.nn.functional.linear(a, weight, bias)
+    return torch.relu(out) if relu else out
+
+
 class _DeferredLinear(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, a, weight, bias, tok_a, tok_d):
-        out = torch.nn.functional.linear(a, weight, bias)
-        ctx.save_for_backward(a, weight)
+    def forward(ctx, a, weight, bias, tok_a, tok_d, relu: bool):
+        out = _linear(a, weight, bias, relu)
+        ctx.save_for_backward(a, weight, out if relu else None)
         ctx.set_materialize_grads(False)
         return out
 
     @staticmethod
     def backward(ctx, grad):
         if grad is None:
-            return None, None, None, None, None
-        a, weight = ctx.saved_tensors
+            return None, None, None, None, None, None
+        a, weight, out = ctx.saved_tensors
+        if out is not None:  # through the ReLU
+            grad = torch.ops.aten.threshold_backward(grad, out, 0)
         da = torch.mm(grad, weight.to(grad.dtype)) if ctx.needs_input_grad[0] else None
-        return da, None, None, a, grad
+        return da, None, None, a, grad, None
 
 
 def weight_grad_tokens(weight: Tensor, bias: Optional[Tensor], rows: int, n: int, dtype=None) -> list[tuple[Tensor, Tensor]]:
@@ -71,9 +82,14 @@ def weight_grad_tokens(weight: Tensor, bias: Optional[Tensor], rows: int, n: int
     return [(t[2 * i], t[2 * i + 1]) for i in range(n)]
 
 
-def deferred_linear(a: Tensor, weight: Tensor, bias: Optional[Tensor], tokens: Optional[tuple[Tensor, Tensor]]) -> Tensor:
-    """``F.linear(a [rows, in], weight, bias)``; with a token pair its weight/bias gradient is
-    formed by the tokens' node together with the other calls'. ``tokens=None``: plain F.linear."""
+def deferred_linear(
+    a: Tensor, weight: Tensor, bias: Optional[Tensor], tokens: Optional[tuple[Tensor, Tensor]], relu: bool = False
+) -> Tensor:
+    """``F.linear(a [rows, in], weight, bias)`` (then ReLU with ``relu=True``); with a token pair
+    its weight/bias gradient is formed by the tokens' node together with the other calls'.
+    ``tokens=None``: the plain ops (autograd as usual)."""
     if tokens is None:
-        return torch.nn.functional.linear(a, weight, bias)
-    return _DeferredLinear.apply(a, weight, bias, tokens[0], tokens[1])
+        if relu and torch.is_grad_enabled() and (a.requires_grad or weight.requires_grad):
+            return torch.relu(torch.nn.functional.linear(a, weight, bias))
+        return _linear(a, weight, bias, relu)
+    return _DeferredLinear.apply(a, weight, bias, tokens[0], tokens[1], relu)
