@@ -39,6 +39,15 @@ from .slot_attention import (
 )
 
 
+@triton.jit
+def _softmax_over_slots(b_s, b_c, m_k, scale):
+    """Token-major logits ``[BLOCK_N, BLOCK_K]`` (+ the per-slot bias, · scale) → softmax over the
+    slots (axis 1), fp32; padded slot columns get 0."""
+    b_s = tl.where(m_k[None, :], (b_s + b_c[None, :]) * scale, float("-inf"))
+    b_e = tl.exp(b_s - tl.max(b_s, axis=1)[:, None])
+    return b_e / tl.sum(b_e, axis=1)[:, None]
+
+
 @triton.heuristics(
     {
         "HAS_MASK": lambda args: args["mask"] is not None,
@@ -91,9 +100,7 @@ def _fold_fwd_kernel(
             b_x = tl.load(p_x + o_t[:, None] * s_xn + o_d[None, :], mask=m_n[:, None] & m_d[None, :], other=0.0)
             b_qt = tl.load(p_q + o_k[None, :] * s_qk + o_d[:, None], mask=m_d[:, None] & m_k[None, :], other=0.0)
             b_s += tl.dot(b_x, b_qt.to(b_x.dtype), input_precision=DOT_PREC)
-        b_s = tl.where(m_k[None, :], (b_s + b_c[None, :]) * scale, float("-inf"))
-        b_e = tl.exp(b_s - tl.max(b_s, axis=1)[:, None])
-        b_a = b_e / tl.sum(b_e, axis=1)[:, None]
+        b_a = _softmax_over_slots(b_s, b_c, m_k, scale)
         m_w = _valid_tokens(mask, i_p, s_mp, o_n, m_n, HAS_MASK)[:, None] & m_k[None, :]
         b_w = tl.where(m_w, b_a + eps, 0.0)
         b_den += tl.sum(b_w, axis=0)
@@ -163,9 +170,7 @@ def _fold_scores_bwd_kernel(
             b_dut = tl.load(p_du + o_k[None, :] * s_duk + o_d[:, None], mask=m_qt, other=0.0)
             b_s += tl.dot(b_x, b_qt.to(b_x.dtype), input_precision=DOT_PREC)
             b_dw += tl.dot(b_x, b_dut.to(b_x.dtype), input_precision=DOT_PREC)
-        b_s = tl.where(m_k[None, :], (b_s + b_c[None, :]) * scale, float("-inf"))
-        b_e = tl.exp(b_s - tl.max(b_s, axis=1)[:, None])
-        b_a = b_e / tl.sum(b_e, axis=1)[:, None]
+        b_a = _softmax_over_slots(b_s, b_c, m_k, scale)
         m_w = _valid_tokens(mask, i_p, s_mp, o_n, m_n, HAS_MASK)[:, None] & m_k[None, :]
         b_W = tl.where(m_w, b_a + eps, 0.0) / b_dc[None, :]
         b_g += tl.sum(b_W * b_dw, axis=0)

@@ -252,6 +252,21 @@ class SlotAttention(nn.Module):
             q, k, v, cu_seqlens, max_seqlen, return_attn=want_attn, **kw
         )
 
+    def _run_iterations(self, iterate, slots, return_attn):
+        """``iters`` calls of ``iterate(slots, want_attn) -> (slots, attn)``; with implicit_grad all
+        but the last without a graph and the slots detached before the last."""
+        attn = None
+        for it in range(self.iters):
+            last = it == self.iters - 1
+            if self.implicit_grad and not last:
+                with torch.no_grad():
+                    slots, _ = iterate(slots, False)
+                continue
+            if self.implicit_grad and last:
+                slots = slots.detach()
+            slots, attn = iterate(slots, return_attn and last)
+        return slots, attn
+
     def _folds(self, backend: str) -> bool:
         return backend == "triton" and self.combine_heads is None and self.fold_projections
 
@@ -309,17 +324,7 @@ class SlotAttention(nn.Module):
             new = new + linear("mlp2", linear("mlp1", self.norm_pre_ff(new), relu=True))
             return new.view(b, num_slots, d), attn
 
-        attn = None
-        for it in range(self.iters):
-            last = it == self.iters - 1
-            if self.implicit_grad and not last:
-                with torch.no_grad():
-                    slots, _ = iterate(slots, False)
-                continue
-            if self.implicit_grad and last:
-                slots = slots.detach()
-            slots, attn = iterate(slots, return_attn and last)
-        return slots, attn
+        return self._run_iterations(iterate, slots, return_attn)
 
     def _iterate(self, slots, attend, gru, return_attn):
         """The refinement loop shared by :meth:`forward` and :meth:`forward_varlen`.
@@ -341,17 +346,7 @@ class SlotAttention(nn.Module):
             new = new + self.mlp(self.norm_pre_ff(new))
             return new, attn
 
-        attn = None
-        for it in range(self.iters):
-            last = it == self.iters - 1
-            if self.implicit_grad and not last:
-                with torch.no_grad():
-                    slots, _ = iterate(slots, False)
-                continue
-            if self.implicit_grad and last:
-                slots = slots.detach()
-            slots, attn = iterate(slots, return_attn and last)
-        return slots, attn
+        return self._run_iterations(iterate, slots, return_attn)
 
     def forward_varlen(
         self,

@@ -88,6 +88,15 @@ def entry_guard(fn):
     return wrapper
 
 
+def _fake_attn(like: Tensor, tokens: Tensor, cu_seqlens, P: int, H: int, K: int, return_attn: bool) -> Tensor:
+    """The attention output's shape: ``[P, H, K, N]`` padded, ``[H, K, T]`` packed, ``[0]`` if not asked."""
+    if not return_attn:
+        return like.new_empty(0)
+    if cu_seqlens is None:
+        return like.new_empty((P, H, K, tokens.shape[1]))
+    return like.new_empty((H, K, tokens.shape[0]))
+
+
 def _u8(mask: Optional[Tensor]) -> Optional[Tensor]:
     return None if mask is None else mask.view(torch.uint8)
 
@@ -122,13 +131,7 @@ def _(q, k, v, mask, cu_seqlens, bias, max_seqlen, scale, eps, return_attn):
     P, K, H, _ = q.shape
     out = torch.empty_like(q, memory_format=torch.contiguous_format)
     den = q.new_empty((P, H, K), dtype=torch.float32)
-    if not return_attn:
-        attn = q.new_empty(0)
-    elif cu_seqlens is None:
-        attn = q.new_empty((P, H, K, k.shape[1]))
-    else:
-        attn = q.new_empty((H, K, k.shape[0]))
-    return out, den, attn
+    return out, den, _fake_attn(q, k, cu_seqlens, P, H, K, return_attn)
 
 
 @torch.library.custom_op("slotvlm::slot_attn_bwd", mutates_args=())
@@ -260,13 +263,7 @@ def _(qc, x, tok_s, tok_q, mask, cu_seqlens, max_seqlen, scale, eps, return_attn
     P, K, _ = qc.shape
     out = x.new_empty(qc.shape)
     den = x.new_empty((P, K), dtype=torch.float32)
-    if not return_attn:
-        attn = x.new_empty(0)
-    elif cu_seqlens is None:
-        attn = x.new_empty((P, 1, K, x.shape[1]))
-    else:
-        attn = x.new_empty((1, K, x.shape[0]))
-    return out, den, attn
+    return out, den, _fake_attn(x, x, cu_seqlens, P, 1, K, return_attn)
 
 
 @torch.library.custom_op("slotvlm::slot_attn_fold_bwd", mutates_args=())
