@@ -310,14 +310,15 @@ def token_shapes(x: torch.Tensor, cu_seqlens, P: int, K: int) -> tuple[tuple, tu
 
 
 def fold_fwd(qc, x, mask, cu_seqlens, max_seqlen, *, scale: float, eps: float, return_attn: bool = False,
-             n_split=None):
+             n_split=None, tiles=None):
     """Forward of the folded step. ``qc [P, K, D + 1]``: the slot queries q' in columns ``:D`` and the
     per-slot logit bias c in column D (last dim contiguous; other strides free). Returns
     ``(out [P, K, D + 1] in x's dtype — u' and, in column D, the weight sum Σ_n W —, den fp32 [P, K],
-    attn [P, 1, K, N] / [1, K, T] or None)``."""
+    attn [P, 1, K, N] / [1, K, T] or None)``. ``n_split`` / ``tiles`` ((BLOCK_N, BLOCK_D, num_warps))
+    override the launcher's choice (the tests reach the GPU's N-split and D-chunk paths with them)."""
     P, K, D = qc.shape[0], qc.shape[1], qc.shape[2] - 1
     N, max_n, s_xp, s_xn = _seq(x, cu_seqlens, max_seqlen)
-    bn, bd, warps = _tiles(D, x.device)
+    bn, bd, warps = tiles or _tiles(D, x.device)
     S = n_split if n_split is not None else _n_split(P, max_n, x.device)
     out = torch.empty((P, K, D + 1), device=x.device, dtype=x.dtype)
     den = torch.empty((P, K), device=x.device, dtype=torch.float32)
@@ -347,7 +348,8 @@ def fold_fwd(qc, x, mask, cu_seqlens, max_seqlen, *, scale: float, eps: float, r
     return out, den, attn
 
 
-def fold_bwd(qc, x, mask, cu_seqlens, max_seqlen, den, dout, dattn, *, scale: float, eps: float, n_split=None):
+def fold_bwd(qc, x, mask, cu_seqlens, max_seqlen, den, dout, dattn, *, scale: float, eps: float, n_split=None,
+             tiles=None):
     """One iteration's backward without the input gradient.
 
     qc ``[P, K, D + 1]`` as in :func:`fold_fwd`; dout ``[P, K, D + 1]`` the gradient of its output
@@ -358,7 +360,7 @@ def fold_bwd(qc, x, mask, cu_seqlens, max_seqlen, den, dout, dattn, *, scale: fl
     P, K, D = qc.shape[0], qc.shape[1], qc.shape[2] - 1
     BK = _block_k(K)
     N, max_n, s_xp, s_xn = _seq(x, cu_seqlens, max_seqlen)
-    bn, bd, warps = _tiles(D, x.device)
+    bn, bd, warps = tiles or _tiles(D, x.device)
     shape_s, shape_q = token_shapes(x, cu_seqlens, P, K)
     sd = torch.empty(shape_s, device=x.device, dtype=torch.float32)
     tok_s = (torch.zeros if cu_seqlens is not None else torch.empty)(shape_s, device=x.device, dtype=x.dtype)
@@ -386,12 +388,12 @@ def fold_bwd(qc, x, mask, cu_seqlens, max_seqlen, den, dout, dattn, *, scale: fl
     return dqc, tok_s, tok_q
 
 
-def fold_dx(tok_s: torch.Tensor, tok_q: torch.Tensor, x: torch.Tensor, cu_seqlens, max_seqlen) -> torch.Tensor:
+def fold_dx(tok_s: torch.Tensor, tok_q: torch.Tensor, x: torch.Tensor, cu_seqlens, max_seqlen, tiles=None) -> torch.Tensor:
     """The input gradient of all iterations at once from their stacked tokens
     (``tok_s [I, rows, 2, BLOCK_K]``, ``tok_q [I, P, 2, K, D]``): ``dx`` shaped like x, written once."""
     I, P, _, K, D = tok_q.shape
     N, max_n, s_xp, s_xn = _seq(x, cu_seqlens, max_seqlen)
-    bn, bd, warps = _tiles(D, x.device)
+    bn, bd, warps = tiles or _tiles(D, x.device)
     dx = torch.zeros_like(x) if cu_seqlens is not None else torch.empty_like(x)
     n_tiles = triton.cdiv(max(max_n, 1), bn)
     if P > 0 and I > 0:

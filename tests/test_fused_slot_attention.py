@@ -192,6 +192,32 @@ def test_single_token_and_saturated_slots_keep_torchs_error():
         assert err_ours <= 2 * err_torch + 1e-7, f"{name}: ours {err_ours:.3e} vs torch fp32 {err_torch:.3e}"
 
 
+@pytest.mark.parametrize("varlen", [False, True], ids=["padded-mask", "varlen"])
+def test_fold_launchers_split_paths_agree(varlen):
+    """The folded kernels' GPU paths — N split over programs (fp32 partials), D chunks of u', dq
+    and dx, 16-token tiles — give the single-program interpreter path's numbers."""
+    P, K, D, N = 3, 5, 40, 37
+    if varlen:
+        cu = torch.tensor([0, 30, 30, 67], dtype=torch.int32)
+        x, mask, n = torch.randn(67, D), None, 37
+    else:
+        cu, x, n = None, torch.randn(P, N, D), N
+        mask = torch.rand(P, N) > 0.3
+        mask[1] = False
+    qc = torch.randn(P, K, D + 1)
+    kw = dict(scale=D**-0.5, eps=1e-8)
+    runs = []
+    for n_split, tiles in ((1, None), (3, (16, 16, 4))):
+        out, den, attn = ksd.fold_fwd(qc, x, mask, cu, n, return_attn=True, n_split=n_split, tiles=tiles, **kw)
+        g = torch.Generator().manual_seed(1)
+        dout, dattn = torch.randn(out.shape, generator=g), torch.randn(attn.shape, generator=g)
+        dqc, tok_s, tok_q = ksd.fold_bwd(qc, x, mask, cu, n, den, dout, dattn, n_split=n_split, tiles=tiles, **kw)
+        dx = ksd.fold_dx(tok_s[None], tok_q[None], x, cu, n, tiles=tiles)
+        runs.append((out, den, attn, dqc, dx))
+    for name, a, b in zip(("out", "den", "attn", "dqc", "dx"), *runs):
+        close(a, b, name)
+
+
 def _pack(k, lengths):
     return torch.cat([k[i, :n] for i, n in enumerate(lengths)])
 
@@ -269,6 +295,7 @@ MODULE_CASES = [
     pytest.param(lambda **kw: SlotAttention(4, 16, iters=3, init="learned", **kw), 21, True, id="learned-init-3-iters"),
     pytest.param(lambda **kw: SlotAttention(4, 16, iters=3, implicit_grad=True, **kw), 21, False, id="implicit-grad"),
     pytest.param(lambda **kw: _unfolded(SlotAttention(5, 24, iters=2, **kw)), 19, True, id="explicit-kv (unfolded)"),
+    pytest.param(lambda **kw: SlotAttention(3, 12, iters=2, **kw), 1, False, id="N=1"),
 ]
 
 
