@@ -94,3 +94,32 @@ def test_autocast_casts_the_inputs_once_per_forward():
         out = model(torch.randn(P, N, D, requires_grad=True))
     assert out.dtype == torch.bfloat16
     assert casts == [torch.float32]  # one fp32 -> bf16 conversion of x for all 3 iterations
+
+
+def test_traffic_model_covers_the_folded_kernels(monkeypatch):
+    """``kernels.TRAFFIC`` has a per-launch (bytes read, bytes written, FLOPs) model for every
+    folded kernel a module call launches, and each reads at least the token stream it must read."""
+    import kernels
+    from triton.runtime.interpreter import InterpretedFunction
+
+    seen = {}
+    run = InterpretedFunction.run
+
+    def spying_run(self, *args, grid=None, **kwargs):
+        name = self.fn.__name__
+        if name in kernels.TRAFFIC:
+            named = dict(zip(self.arg_names, args), **kwargs)
+            seen[name] = (kernels.TRAFFIC[name](grid, named), named)
+        return run(self, *args, grid=grid, **kwargs)
+
+    monkeypatch.setattr(InterpretedFunction, "run", spying_run)
+    P, N, D = 3, 20, 32
+    x = torch.randn(P, N, D, requires_grad=True)
+    SlotAttention(6, D, iters=2, backend="triton")(x).sum().backward()
+    assert set(seen) == set(kernels.TRAFFIC)
+    x_bytes = P * N * D * 4
+    for name, ((read, written, flops), named) in seen.items():
+        assert all(isinstance(v, int) and v > 0 for v in (read, written, flops)), name
+        if name != "_fold_dx_kernel":
+            assert read >= x_bytes, name  # streams the normalised inputs once
+    assert seen["_fold_dx_kernel"][0][1] == x_bytes  # dx written once
