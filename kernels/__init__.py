@@ -4,3 +4,13 @@ Nothing here registers autograd or custom ops: that is ``slotvlm/ops/fused.py`` 
 and ``slotvlm/ops/scan.py`` (selective scan). Importing this
 package imports triton; on CPU the kernels run only under ``TRITON_INTERPRET=1``.
 """
+
+
+def __getattr__(name):
+    """``kernels.TRAFFIC``: kernel name -> fn(grid, args) -> (bytes read, bytes written, FLOPs), the
+    per-launch HBM model of every kernel that documents one (imports the kernel modules)."""
+    if name == "TRAFFIC":
+        from . import slot_attention_deferred
+
+        return dict(slot_attention_deferred.TRAFFIC)
+    raise AttributeError(name)

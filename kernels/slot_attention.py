@@ -36,8 +36,12 @@ import triton.language as tl
 DENOM_FLOOR = 1e-12
 
 
+# Read once: Triton itself fixes interpreted-or-compiled when the kernels below are decorated.
+_INTERPRET = os.environ.get("TRITON_INTERPRET", "0") == "1"
+
+
 def _interpreting() -> bool:
-    return os.environ.get("TRITON_INTERPRET", "0") == "1"
+    return _INTERPRET
 
 
 # --------------------------------------------------------------------------------------- kernels

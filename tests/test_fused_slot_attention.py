@@ -20,6 +20,7 @@ pytestmark = pytest.mark.skipif(
 fused = pytest.importorskip("slotvlm.ops.fused")
 import kernels.gru as kgru  # noqa: E402
 import kernels.slot_attention as ksa  # noqa: E402
+import kernels.slot_attention_deferred as ksd  # noqa: E402
 from triton_spy import LaunchCounter
 
 ATOL, RTOL = 1e-4, 1e-3
@@ -144,6 +145,79 @@ def test_projected_step_equals_step_on_projected_keys():
     close(up, ru.squeeze(2), "updates (packed)")
 
 
+def saturated_problem(P=2, K=5, N=24, D=16, device="cpu"):
+    """q, x where slot 0 wins essentially one token (a single-token slot) and slot 2 loses every
+    token (saturated softmax: den ~ N·(a + eps) ~ 1e-6), the cases where ``(dW − g)/den``
+    amplifies rounding. Shared with the GPU test."""
+    g = torch.Generator().manual_seed(0)
+    e = torch.zeros(D)
+    e[0] = 1.0
+    x = torch.randn(P, N, D, generator=g) * 0.5 + 2.0 * e
+    q = torch.randn(P, K, D, generator=g) * 0.3 + 2.0 * e
+    q[:, 0] = (x[:, 3] - 2.0 * e) * 40.0 - 40.0 * e
+    q[:, 2] = -40.0 * e
+    return q.to(device), x.to(device)
+
+
+def _projected_plain(q, x, **kw):
+    """The folded step with identity projections: the plain step with keys = values = x."""
+    D = x.shape[-1]
+    eye, zero = torch.eye(D, dtype=x.dtype, device=x.device), torch.zeros(D, dtype=x.dtype, device=x.device)
+    return fused.slot_attention_step_projected(q, x, eye, zero, eye, zero, scale=D**-0.5, **kw)[0]
+
+
+def _ref_plain(q, x):
+    xh = x.unsqueeze(2)
+    return slot_attention_step_ref(q.unsqueeze(2), xh, xh, scale=x.shape[-1] ** -0.5)[0].squeeze(2)
+
+
+def _grads(fn, q, x, g):
+    q, x = q.clone().requires_grad_(), x.clone().requires_grad_()
+    u = fn(q, x)
+    (u * g.to(u.dtype)).sum().backward()
+    return u.detach(), q.grad, x.grad
+
+
+def test_single_token_and_saturated_slots_keep_torchs_error():
+    """The correction term g is summed from the same dW values it is subtracted from, so the
+    gradients of a single-token slot and of a slot that loses every token (den ~ 1e-6) stay at
+    PyTorch's own fp32 error (fp64 as the truth)."""
+    q, x = saturated_problem()
+    g = torch.randn(q.shape)
+    exact = _grads(_ref_plain, q.double(), x.double(), g.double())
+    torch32 = _grads(_ref_plain, q, x, g)
+    ours = _grads(_projected_plain, q, x, g)
+    for name, a, t, e in zip(("updates", "dq", "dx"), ours, torch32, exact):
+        err_ours, err_torch = (a.double() - e).abs().max().item(), (t.double() - e).abs().max().item()
+        assert err_ours <= 2 * err_torch + 1e-7, f"{name}: ours {err_ours:.3e} vs torch fp32 {err_torch:.3e}"
+
+
+@pytest.mark.parametrize("varlen", [False, True], ids=["padded-mask", "varlen"])
+def test_fold_launchers_split_paths_agree(varlen):
+    """The folded kernels' GPU paths — N split over programs (fp32 partials), D chunks of u', dq
+    and dx, 16-token tiles — give the single-program interpreter path's numbers."""
+    P, K, D, N = 3, 5, 40, 37
+    if varlen:
+        cu = torch.tensor([0, 30, 30, 67], dtype=torch.int32)
+        x, mask, n = torch.randn(67, D), None, 37
+    else:
+        cu, x, n = None, torch.randn(P, N, D), N
+        mask = torch.rand(P, N) > 0.3
+        mask[1] = False
+    qc = torch.randn(P, K, D + 1)
+    kw = dict(scale=D**-0.5, eps=1e-8)
+    runs = []
+    for n_split, tiles in ((1, None), (3, (16, 16, 4))):
+        out, den, attn = ksd.fold_fwd(qc, x, mask, cu, n, return_attn=True, n_split=n_split, tiles=tiles, **kw)
+        g = torch.Generator().manual_seed(1)
+        dout, dattn = torch.randn(out.shape, generator=g), torch.randn(attn.shape, generator=g)
+        dqc, tok_s, tok_q = ksd.fold_bwd(qc, x, mask, cu, n, den, dout, dattn, n_split=n_split, tiles=tiles, **kw)
+        dx = ksd.fold_dx(tok_s[None], tok_q[None], x, cu, n, tiles=tiles)
+        runs.append((out, den, attn, dqc, dx))
+    for name, a, b in zip(("out", "den", "attn", "dqc", "dx"), *runs):
+        close(a, b, name)
+
+
 def _pack(k, lengths):
     return torch.cat([k[i, :n] for i, n in enumerate(lengths)])
 
@@ -221,6 +295,7 @@ MODULE_CASES = [
     pytest.param(lambda **kw: SlotAttention(4, 16, iters=3, init="learned", **kw), 21, True, id="learned-init-3-iters"),
     pytest.param(lambda **kw: SlotAttention(4, 16, iters=3, implicit_grad=True, **kw), 21, False, id="implicit-grad"),
     pytest.param(lambda **kw: _unfolded(SlotAttention(5, 24, iters=2, **kw)), 19, True, id="explicit-kv (unfolded)"),
+    pytest.param(lambda **kw: SlotAttention(3, 12, iters=2, **kw), 1, False, id="N=1"),
 ]
 
 
@@ -283,12 +358,16 @@ def test_forward_varlen_equals_padded_forward(fold):
 
 
 def test_triton_backend_really_launches_kernels(monkeypatch):
-    fwd = LaunchCounter(monkeypatch, ksa._slot_attn_fwd_kernel)
-    bwd = LaunchCounter(monkeypatch, ksa._slot_attn_bwd_kernel)
+    fwd = LaunchCounter(monkeypatch, ksd._fold_fwd_kernel)
+    scores = LaunchCounter(monkeypatch, ksd._fold_scores_bwd_kernel)
+    dq = LaunchCounter(monkeypatch, ksd._fold_dq_bwd_kernel)
+    dx = LaunchCounter(monkeypatch, ksd._fold_dx_kernel)
     gates = LaunchCounter(monkeypatch, kgru._gru_gates_fwd_kernel)
     model = SlotAttention(3, 16, iters=3, backend="triton")
     model(torch.randn(2, 10, 16)).sum().backward()
-    assert (fwd.n, bwd.n) == (3, 3)
+    # per iteration one forward and two backward kernels; the input gradient of all three
+    # iterations is written by one final pass
+    assert (fwd.n, scores.n, dq.n, dx.n) == (3, 3, 3, 1)
     assert gates.n == 3
     SlotAttention(3, 16, iters=3, backend="auto")(torch.randn(2, 10, 16))  # CPU + auto = reference
     SlotAttention(3, 16, iters=3, backend="torch")(torch.randn(2, 10, 16))
@@ -297,12 +376,13 @@ def test_triton_backend_really_launches_kernels(monkeypatch):
 
 @pytest.mark.parametrize("iters", [2, 4])
 def test_implicit_grad_backward_cost_is_independent_of_iters(monkeypatch, iters):
-    bwd = LaunchCounter(monkeypatch, ksa._slot_attn_bwd_kernel)
+    bwd = LaunchCounter(monkeypatch, ksd._fold_dq_bwd_kernel)
+    dx = LaunchCounter(monkeypatch, ksd._fold_dx_kernel)
     gru_bwd = LaunchCounter(monkeypatch, kgru._gru_gates_bwd_kernel)
     model = SlotAttention(3, 16, iters=iters, implicit_grad=True, backend="triton")
     out = model(torch.randn(2, 10, 16))
     out.sum().backward()
-    assert (bwd.n, gru_bwd.n) == (1, 1)  # only the last iteration is differentiated
+    assert (bwd.n, dx.n, gru_bwd.n) == (1, 1, 1)  # only the last iteration is differentiated
 
 
 def test_errors_name_the_argument(monkeypatch):
@@ -319,7 +399,7 @@ def test_errors_name_the_argument(monkeypatch):
         fused.slot_attention_step_varlen(q, k[0], v[0], torch.tensor([0, 7], dtype=torch.int32), scale=1.0)
     with pytest.raises(ValueError, match="cu_seqlens"):
         SlotAttention(3, 16, backend="triton").forward_varlen(torch.randn(9, 16), torch.tensor([0, 4], dtype=torch.int32))
-    monkeypatch.setenv("TRITON_INTERPRET", "0")
+    monkeypatch.setattr(fused, "_INTERPRETED", False)  # as if triton had been imported without it
     with pytest.raises(ValueError, match="TRITON_INTERPRET"):
         fused.slot_attention_step(q, k, v, scale=1.0)
 
@@ -352,6 +432,27 @@ def test_opcheck_slot_attn_bwd():
     out, den, _ = torch.ops.slotvlm.slot_attn_fwd(q, k, v, mask, None, bias, 9, 0.25, 1e-8, False)
     args = (q, k, v, mask, None, bias, 9, out, torch.randn_like(out), den, None, 0.25, 1e-8)
     _opcheck(torch.ops.slotvlm.slot_attn_bwd.default, args)
+
+
+@pytest.mark.parametrize("form", ["padded-mask-attn", "varlen"])
+def test_opcheck_fold_ops(form):
+    """The folded step's ops (the input-gradient tokens op is left out: its outputs are
+    uninitialised placeholders whose only role is to carry gradients)."""
+    P, K, D = 2, 3, 16
+    if form == "varlen":
+        x, cu, mask, n = torch.randn(9, D), torch.tensor([0, 4, 9], dtype=torch.int32), None, 5
+    else:
+        x, cu, n = torch.randn(P, 9, D), None, 9
+        mask = torch.rand(P, 9) > 0.3
+    qc = torch.randn(P, K, D + 1, requires_grad=True)
+    attn = form != "varlen"
+    _opcheck(torch.ops.slotvlm.slot_attn_fold_fwd.default, (qc, x, None, None, mask, cu, n, 0.25, 1e-8, attn))
+    out, den, a = torch.ops.slotvlm.slot_attn_fold_fwd(qc.detach(), x, None, None, mask, cu, n, 0.25, 1e-8, attn)
+    dattn = torch.randn_like(a) if attn else None
+    bwd_args = (qc.detach(), x, mask, cu, n, den, torch.randn_like(out), dattn, 0.25, 1e-8)
+    _opcheck(torch.ops.slotvlm.slot_attn_fold_bwd.default, bwd_args)
+    _, tok_s, tok_q = torch.ops.slotvlm.slot_attn_fold_bwd(*bwd_args)
+    _opcheck(torch.ops.slotvlm.slot_attn_fold_dx.default, (tok_s[None], tok_q[None], x, cu, n))
 
 
 def test_opcheck_gru_gates_and_bwd():

@@ -62,12 +62,13 @@ def test_triton_backend_matches_torch_with_gradients(recurrent, monkeypatch):
             return _real(*a)
 
         monkeypatch.setattr(ks, f"selective_scan_{name}", spy)
-    import kernels.slot_attention as ksa
+    import kernels.slot_attention_deferred as ksd
     from triton_spy import LaunchCounter
 
-    # the encoder's slot attention must run the fused Triton step kernels too (the kernels issue)
-    step_fwd = LaunchCounter(monkeypatch, ksa._slot_attn_fwd_kernel)
-    step_bwd = LaunchCounter(monkeypatch, ksa._slot_attn_bwd_kernel)
+    # the encoder's slot attention must run the fused Triton step kernels too (the kernels issue;
+    # a one-head SlotAttention runs the folded-projection kernels)
+    step_fwd = LaunchCounter(monkeypatch, ksd._fold_fwd_kernel)
+    step_bwd = LaunchCounter(monkeypatch, ksd._fold_dq_bwd_kernel)
     ref = make(recurrent_encoder=recurrent)
     fused = make("triton", recurrent_encoder=recurrent)
     fused.load_state_dict(ref.state_dict())

@@ -34,7 +34,7 @@ def _step_impl(backend: str):
             from ..ops import fused  # noqa: PLC0415  (imports triton lazily)
         except ImportError as exc:
             raise ValueError(f"backend='triton' is not available in this build: {exc}") from exc
-        return fused.slot_attention_step, fused.gru_cell
+        return fused.slot_attention_step, fused._gru_cell  # the module checks its inputs once per call
     raise ValueError(f"unknown backend {backend!r}")
 
 
@@ -245,8 +245,11 @@ class SlotAttention(nn.Module):
         step, gru = _step_impl(backend)
         slots = self._start_slots(slots, b, num_slots, inputs, deterministic_init)
 
-        attend = self._attender(backend, step, self.norm_input(inputs), mask=mask)
-        slots, attn = self._iterate(slots, attend, gru, return_attn)
+        if self._folds(backend):
+            slots, attn = self._iterate_folded(slots, self.norm_input(inputs), mask, None, inputs.shape[1], return_attn)
+        else:
+            attend = self._attender(backend, step, self.norm_input(inputs), mask=mask)
+            slots, attn = self._iterate(slots, attend, gru, return_attn)
         if return_attn:
             return slots, attn.mean(dim=1)
         return slots
@@ -256,17 +259,6 @@ class SlotAttention(nn.Module):
         normalised inputs x (``[P, N, dim]``, or ``[T, dim]`` packed with cu_seqlens)."""
         h, dh = self.heads, self.dim_head
         kw = dict(scale=self.scale, eps=self.eps)
-        if backend == "triton" and self.combine_heads is None and self.fold_projections:
-            from ..ops.fused import slot_attention_step_projected  # noqa: PLC0415
-
-            def attend_projected(q, want_attn):
-                updates, attn = slot_attention_step_projected(
-                    q.flatten(2), x, self.to_k.weight, self.to_k.bias, self.to_v.weight, self.to_v.bias,
-                    mask, cu_seqlens, max_seqlen, return_attn=want_attn, **kw,
-                )
-                return updates.view(q.shape), attn
-
-            return attend_projected
         k = self.to_k(x).unflatten(-1, (h, dh))
         v = self.to_v(x).unflatten(-1, (h, dh))
         if cu_seqlens is None:
@@ -276,6 +268,80 @@ class SlotAttention(nn.Module):
         return lambda q, want_attn: slot_attention_step_varlen(
             q, k, v, cu_seqlens, max_seqlen, return_attn=want_attn, **kw
         )
+
+    def _run_iterations(self, iterate, slots, return_attn):
+        """``iters`` calls of ``iterate(slots, want_attn) -> (slots, attn)``; with implicit_grad all
+        but the last without a graph and the slots detached before the last."""
+        attn = None
+        for it in range(self.iters):
+            last = it == self.iters - 1
+            if self.implicit_grad and not last:
+                with torch.no_grad():
+                    slots, _ = iterate(slots, False)
+                continue
+            if self.implicit_grad and last:
+                slots = slots.detach()
+            slots, attn = iterate(slots, return_attn and last)
+        return slots, attn
+
+    def _folds(self, backend: str) -> bool:
+        return backend == "triton" and self.combine_heads is None and self.fold_projections
+
+    def _iterate_folded(self, slots, x, mask, cu_seqlens, max_seqlen, return_attn):
+        """The refinement loop of the one-head triton path, with the projections folded.
+
+        Once per forward: x is cast to the compute dtype (autocast), the weight products
+        ``[W_k | b_k]ᵀ W_q`` (slot LayerNorm output → q' and the logit bias c in one GEMM) and
+        ``W_ih [W_v | b_v]`` (the step's ``[u', Σ W]`` → the GRU's input gates in one GEMM) are
+        formed, and one pair of input-gradient tokens per differentiated iteration is made (the
+        input gradient of all iterations is written once, by their backward). Per iteration:
+        LayerNorm, 1 GEMM, the step kernel, 2 GEMMs, the GRU gate kernel, and the MLP block.
+        """
+        from ..ops.deferred import deferred_linear, weight_grad_tokens  # noqa: PLC0415
+        from ..ops.fused import _augment, _gru_gates, fold_step, x_grad_tokens  # noqa: PLC0415
+
+        dev = x.device.type
+        autocast = torch.get_autocast_dtype(dev) if torch.is_autocast_enabled(dev) else None
+        if autocast is not None and x.dtype != autocast:
+            x = x.to(autocast)  # cast once, not per iteration
+        b, num_slots, d = slots.shape
+        n_max = int(max_seqlen)
+        w_kb = _augment(self.to_k.weight, self.to_k.bias)  # [D, D_in + 1]
+        q_w = torch.matmul(w_kb.t(), self.to_q.weight)  # [D_in + 1, D]
+        q_b = torch.mv(w_kb.t(), self.to_q.bias) if self.to_q.bias is not None else None
+        g_w = torch.matmul(self.gru.weight_ih, _augment(self.to_v.weight, self.to_v.bias))  # [3D, D_in + 1]
+        mlp1, mlp2 = self.mlp[0], self.mlp[2]
+        layers = {
+            "q": (q_w, q_b), "gi": (g_w, self.gru.bias_ih), "gh": (self.gru.weight_hh, self.gru.bias_hh),
+            "mlp1": (mlp1.weight, mlp1.bias), "mlp2": (mlp2.weight, mlp2.bias),
+        }
+        n_diff = 1 if self.implicit_grad else self.iters
+        tokens, w_tokens = [], {}
+        if torch.is_grad_enabled():
+            if x.requires_grad:
+                tokens = x_grad_tokens(x, cu_seqlens, n_max, b, num_slots, n_diff)[::-1]
+            for name, (w, bias) in layers.items():
+                if w.requires_grad or (bias is not None and bias.requires_grad):
+                    # weight gradients of all iterations in one GEMM (slotvlm.ops.deferred)
+                    w_tokens[name] = weight_grad_tokens(w, bias, b * num_slots, n_diff, autocast)[::-1]
+        scale, eps = float(self.scale), float(self.eps)
+
+        def linear(name, a, relu=False):
+            toks = w_tokens.get(name)
+            return deferred_linear(a, *layers[name], toks.pop() if toks and torch.is_grad_enabled() else None, relu)
+
+        def iterate(slots, want_attn):
+            prev = slots.reshape(b * num_slots, d)
+            qc = linear("q", self.norm_slots(prev)).view(b, num_slots, -1)
+            pair = tokens.pop() if tokens and torch.is_grad_enabled() else None
+            out, attn = fold_step(qc, x.to(qc.dtype), mask, cu_seqlens, n_max, scale, eps, want_attn, pair)
+            gi = linear("gi", out.view(b * num_slots, -1))
+            gh = linear("gh", prev)
+            new = _gru_gates(gi, gh, prev if prev.dtype == gi.dtype else prev.to(gi.dtype))
+            new = new + linear("mlp2", linear("mlp1", self.norm_pre_ff(new), relu=True))
+            return new.view(b, num_slots, d), attn
+
+        return self._run_iterations(iterate, slots, return_attn)
 
     def _iterate(self, slots, attend, gru, return_attn):
         """The refinement loop shared by :meth:`forward` and :meth:`forward_varlen`.
@@ -297,17 +363,7 @@ class SlotAttention(nn.Module):
             new = new + self.mlp(self.norm_pre_ff(new))
             return new, attn
 
-        attn = None
-        for it in range(self.iters):
-            last = it == self.iters - 1
-            if self.implicit_grad and not last:
-                with torch.no_grad():
-                    slots, _ = iterate(slots, False)
-                continue
-            if self.implicit_grad and last:
-                slots = slots.detach()
-            slots, attn = iterate(slots, return_attn and last)
-        return slots, attn
+        return self._run_iterations(iterate, slots, return_attn)
 
     def forward_varlen(
         self,
@@ -381,10 +437,13 @@ class SlotAttention(nn.Module):
             )
         step, gru = _step_impl(backend)
         slots = self._start_slots(slots, p, num_slots, inputs, deterministic_init)
-        attend = self._attender(
-            backend, step, self.norm_input(inputs), cu_seqlens=cu_seqlens, max_seqlen=max_seqlen
-        )
-        slots, attn = self._iterate(slots, attend, gru, return_attn)
+        if self._folds(backend):
+            slots, attn = self._iterate_folded(slots, self.norm_input(inputs), None, cu_seqlens, max_seqlen, return_attn)
+        else:
+            attend = self._attender(
+                backend, step, self.norm_input(inputs), cu_seqlens=cu_seqlens, max_seqlen=max_seqlen
+            )
+            slots, attn = self._iterate(slots, attend, gru, return_attn)
         if return_attn:
             return slots, attn.mean(dim=0)
         return slots

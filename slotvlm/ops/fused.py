@@ -19,7 +19,6 @@ Supported dtypes: float32, float16, bfloat16 (softmax, sums and accumulators alw
 from __future__ import annotations
 
 import functools
-import os
 from typing import Optional
 
 import torch
@@ -27,6 +26,7 @@ from torch import Tensor
 
 from kernels import gru as _gru
 from kernels import slot_attention as _sa
+from kernels import slot_attention_deferred as _sd
 
 from .._checks import check_tensor, describe
 from ..backend import FUSED_DTYPES
@@ -37,43 +37,64 @@ SUPPORTED_DTYPES = FUSED_DTYPES
 
 
 # ------------------------------------------------------------------------------------- guard
+# Triton decides interpreted-or-compiled when the kernels are decorated (at import), so the guard
+# reads the switch once too instead of reading the environment on every call.
+_INTERPRETED = _sa._INTERPRET
+
+
 def entry_guard(fn):
     """Decorator for the ops' implementations: every tensor argument must be on one device, CPU
     only under the interpreter, floating tensors in a supported dtype; tensors are made
-    contiguous only when they are not already. Raises ``ValueError`` naming the argument."""
+    contiguous only when they are not already. Raises ``ValueError`` naming the argument.
+
+    Cheap by design (a loop over the arguments, no dict, no environment read): it runs on every
+    op call. The module (:class:`slotvlm.SlotAttention`) validates its inputs once per call and
+    then calls the unchecked helpers below, so per-iteration ops pay only this guard."""
     import inspect
 
-    names = list(inspect.signature(fn).parameters)
+    names = tuple(inspect.signature(fn).parameters)
 
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
-        bound = dict(zip(names, args))
-        bound.update(kwargs)
+        if kwargs:
+            args = args + tuple(kwargs[n] for n in names[len(args):])
         device = None
-        for name, value in bound.items():
+        fixed = None
+        for i, value in enumerate(args):
             if not isinstance(value, Tensor):
                 continue
             if device is None:
                 device = value.device
             elif value.device != device:
-                raise ValueError(f"{name} must be on {device} like the other inputs, got {describe(value)}")
-            if value.is_floating_point() and value.dtype not in SUPPORTED_DTYPES:
+                raise ValueError(f"{names[i]} must be on {device} like the other inputs, got {describe(value)}")
+            if value.dtype not in SUPPORTED_DTYPES and value.is_floating_point():
                 raise ValueError(
-                    f"{name}: the triton backend supports float32, float16 and bfloat16, got {describe(value)} "
+                    f"{names[i]}: the triton backend supports float32, float16 and bfloat16, got {describe(value)} "
                     "(use backend='torch' for other dtypes)"
                 )
             if not value.is_contiguous():
-                bound[name] = value.contiguous()
-        if device is not None and device.type == "cpu" and os.environ.get("TRITON_INTERPRET", "0") != "1":
-            raise ValueError(
-                "the triton backend got CPU tensors but TRITON_INTERPRET is not 1; set TRITON_INTERPRET=1 "
-                "before starting Python to run the kernels under the interpreter, or use backend='torch'"
-            )
-        if device is not None and device.type not in ("cpu", "cuda"):
-            raise ValueError(f"the triton backend supports CPU (interpreter) and CUDA tensors, got device {device}")
-        return fn(**bound)
+                fixed = list(args) if fixed is None else fixed
+                fixed[i] = value.contiguous()
+        if device is not None and device.type != "cuda":
+            if device.type != "cpu":
+                raise ValueError(f"the triton backend supports CPU (interpreter) and CUDA tensors, got device {device}")
+            if not _INTERPRETED:
+                raise ValueError(
+                    "the triton backend got CPU tensors but TRITON_INTERPRET is not 1; set TRITON_INTERPRET=1 "
+                    "before starting Python to run the kernels under the interpreter, or use backend='torch'"
+                )
+        return fn(*(args if fixed is None else fixed))
 
     return wrapper
+
+
+def _fake_attn(like: Tensor, tokens: Tensor, cu_seqlens, P: int, H: int, K: int, return_attn: bool) -> Tensor:
+    """The attention output's shape: ``[P, H, K, N]`` padded, ``[H, K, T]`` packed, ``[0]`` if not asked."""
+    if not return_attn:
+        return like.new_empty(0)
+    if cu_seqlens is None:
+        return like.new_empty((P, H, K, tokens.shape[1]))
+    return like.new_empty((H, K, tokens.shape[0]))
 
 
 def _u8(mask: Optional[Tensor]) -> Optional[Tensor]:
@@ -110,13 +131,7 @@ def _(q, k, v, mask, cu_seqlens, bias, max_seqlen, scale, eps, return_attn):
     P, K, H, _ = q.shape
     out = torch.empty_like(q, memory_format=torch.contiguous_format)
     den = q.new_empty((P, H, K), dtype=torch.float32)
-    if not return_attn:
-        attn = q.new_empty(0)
-    elif cu_seqlens is None:
-        attn = q.new_empty((P, H, K, k.shape[1]))
-    else:
-        attn = q.new_empty((H, K, k.shape[0]))
-    return out, den, attn
+    return out, den, _fake_attn(q, k, cu_seqlens, P, H, K, return_attn)
 
 
 @torch.library.custom_op("slotvlm::slot_attn_bwd", mutates_args=())
@@ -170,6 +185,138 @@ def _slot_attn_backward(ctx, dout, dden, dattn):
 
 
 _slot_attn_fwd.register_autograd(_slot_attn_backward, setup_context=_slot_attn_setup)
+
+
+# ------------------------------------------- the folded one-head step with the input gradient deferred
+# Every iteration of the module attends over the same normalised inputs x. Rather than each
+# iteration's backward writing a full-size dx that autograd then adds up, the iteration ops take a
+# pair of "gradient tokens" made by ``slotvlm::slot_x_tokens(x)``: an iteration's backward returns
+# its small per-problem tensors (ds, W [rows, 2, BLOCK_K]; q', du' [P, 2, K, D]) as the gradient of
+# its tokens, and the tokens' op computes dx for all iterations in one pass (``slot_attn_fold_dx``),
+# written once. Pure data flow through autograd: deterministic, and traceable by torch.compile.
+@torch.library.custom_op("slotvlm::slot_x_tokens", mutates_args=())
+@entry_guard
+def _slot_x_tokens(x: Tensor, cu_seqlens: Optional[Tensor], max_seqlen: int, P: int, K: int, n: int) -> list[Tensor]:
+    shape_s, shape_q = _sd.token_shapes(x, cu_seqlens, P, K)
+    out = []
+    for _ in range(n):
+        out += [x.new_empty(shape_s), x.new_empty(shape_q)]
+    return out
+
+
+@_slot_x_tokens.register_fake
+def _(x, cu_seqlens, max_seqlen, P, K, n):
+    shape_s, shape_q = _sd.token_shapes(x, cu_seqlens, P, K)
+    out = []
+    for _ in range(n):
+        out += [x.new_empty(shape_s), x.new_empty(shape_q)]
+    return out
+
+
+def _tokens_setup(ctx, inputs, output):
+    x, cu_seqlens, max_seqlen, *_ = inputs
+    ctx.save_for_backward(x, cu_seqlens)
+    ctx.max_seqlen = max_seqlen
+
+
+def _tokens_backward(ctx, grads):
+    x, cu_seqlens = ctx.saved_tensors
+    dx = _slot_attn_fold_dx(torch.stack(grads[0::2]), torch.stack(grads[1::2]), x, cu_seqlens, ctx.max_seqlen)
+    return dx, None, None, None, None, None
+
+
+_slot_x_tokens.register_autograd(_tokens_backward, setup_context=_tokens_setup)
+
+
+@torch.library.custom_op("slotvlm::slot_attn_fold_dx", mutates_args=())
+@entry_guard
+def _slot_attn_fold_dx(tok_s: Tensor, tok_q: Tensor, x: Tensor, cu_seqlens: Optional[Tensor], max_seqlen: int) -> Tensor:
+    return _sd.fold_dx(tok_s, tok_q, x, cu_seqlens, max_seqlen)
+
+
+@_slot_attn_fold_dx.register_fake
+def _(tok_s, tok_q, x, cu_seqlens, max_seqlen):
+    return torch.empty_like(x, memory_format=torch.contiguous_format)
+
+
+@torch.library.custom_op("slotvlm::slot_attn_fold_fwd", mutates_args=())
+@entry_guard
+def _slot_attn_fold_fwd(
+    qc: Tensor,
+    x: Tensor,
+    tok_s: Optional[Tensor],
+    tok_q: Optional[Tensor],
+    mask: Optional[Tensor],
+    cu_seqlens: Optional[Tensor],
+    max_seqlen: int,
+    scale: float,
+    eps: float,
+    return_attn: bool,
+) -> tuple[Tensor, Tensor, Tensor]:
+    # qc [P, K, D + 1] (q' and the logit bias c), x [P, N, D] / [T, D]: one head, keys = values = x
+    out, den, attn = _sd.fold_fwd(qc, x, _u8(mask), cu_seqlens, max_seqlen, scale=scale, eps=eps, return_attn=return_attn)
+    return out, den, (attn if attn is not None else x.new_empty(0))
+
+
+@_slot_attn_fold_fwd.register_fake
+def _(qc, x, tok_s, tok_q, mask, cu_seqlens, max_seqlen, scale, eps, return_attn):
+    P, K, _ = qc.shape
+    out = x.new_empty(qc.shape)
+    den = x.new_empty((P, K), dtype=torch.float32)
+    return out, den, _fake_attn(x, x, cu_seqlens, P, 1, K, return_attn)
+
+
+@torch.library.custom_op("slotvlm::slot_attn_fold_bwd", mutates_args=())
+@entry_guard
+def _slot_attn_fold_bwd(
+    qc: Tensor,
+    x: Tensor,
+    mask: Optional[Tensor],
+    cu_seqlens: Optional[Tensor],
+    max_seqlen: int,
+    den: Tensor,
+    dout: Tensor,
+    dattn: Optional[Tensor],
+    scale: float,
+    eps: float,
+) -> tuple[Tensor, Tensor, Tensor]:
+    return _sd.fold_bwd(qc, x, _u8(mask), cu_seqlens, max_seqlen, den, dout, dattn, scale=scale, eps=eps)
+
+
+@_slot_attn_fold_bwd.register_fake
+def _(qc, x, mask, cu_seqlens, max_seqlen, den, dout, dattn, scale, eps):
+    P, K, _ = qc.shape
+    shape_s, shape_q = _sd.token_shapes(x, cu_seqlens, P, K)
+    return qc.new_empty(qc.shape), x.new_empty(shape_s), x.new_empty(shape_q)
+
+
+def _fold_setup(ctx, inputs, output):
+    qc, x, tok_s, _, mask, cu_seqlens, max_seqlen, scale, eps, return_attn = inputs
+    ctx.save_for_backward(qc, x, mask, cu_seqlens, output[1])
+    ctx.has_tokens = tok_s is not None
+    ctx.set_materialize_grads(False)  # den's and unused attn's gradients: no zero tensors
+    ctx.max_seqlen, ctx.scale, ctx.eps, ctx.return_attn = max_seqlen, scale, eps, return_attn
+
+
+def _fold_backward(ctx, dout, dden, dattn):
+    qc, x, mask, cu_seqlens, den = ctx.saved_tensors
+    if dout is None:  # only den / attn reached the loss
+        dout = torch.zeros_like(qc)
+    dqc, tok_s, tok_q = _slot_attn_fold_bwd(
+        qc, x, mask, cu_seqlens, ctx.max_seqlen, den, dout, dattn if ctx.return_attn else None, ctx.scale, ctx.eps
+    )
+    if not ctx.has_tokens:
+        tok_s = tok_q = None
+    return dqc, None, tok_s, tok_q, None, None, None, None, None, None
+
+
+_slot_attn_fold_fwd.register_autograd(_fold_backward, setup_context=_fold_setup)
+
+
+def x_grad_tokens(x: Tensor, cu_seqlens: Optional[Tensor], max_seqlen: int, num_problems: int, num_slots: int, n: int):
+    """``n`` token pairs for :func:`_projected_step` (one per differentiated iteration over x)."""
+    t = _slot_x_tokens(x, cu_seqlens, int(max_seqlen), int(num_problems), int(num_slots), int(n))
+    return [(t[2 * i], t[2 * i + 1]) for i in range(n)]
 
 
 # ---------------------------------------------------------------------------- GRU custom ops
@@ -353,21 +500,39 @@ def slot_attention_step_projected(
         if mask is not None:
             raise ValueError("mask must be None with cu_seqlens (packed sequences have no padding)")
         max_seqlen = _check_cu_seqlens(cu_seqlens, max_seqlen, P, x.shape[0], q.device)
-    qk = torch.matmul(q, w_k)  # [P, K, D_in]
-    x = x.to(qk.dtype)  # autocast: the projections run in bf16/fp16, LayerNorm's output is fp32
-    bias = None
-    if b_k is not None:
-        bias = torch.matmul(q.float(), b_k.float()).unsqueeze(1).contiguous()  # [P, 1, K] fp32
-    xh = x.unsqueeze(-2)  # one head: [P, N, 1, D_in] or [T, 1, D_in]; keys = values = x
-    ux, den, attn = _slot_attn_fwd(
-        qk.unsqueeze(2), xh, None, mask, cu_seqlens, bias, int(max_seqlen), float(scale), float(eps), bool(return_attn)
+    return _projected_step(
+        q, x, w_k, b_k, w_v, b_v, mask, cu_seqlens, int(max_seqlen), float(scale), float(eps), bool(return_attn)
     )
-    updates = torch.nn.functional.linear(ux.squeeze(2), w_v.to(ux.dtype))
-    if b_v is not None:
-        # sum_n W[k, n] = den / max(den, floor): 1 for a problem with tokens, 0 for an empty one
-        weight_sum = (den / den.clamp_min(_sa.DENOM_FLOOR)).detach().transpose(1, 2)  # [P, K, 1]
-        updates = updates + weight_sum.to(updates.dtype) * b_v.to(updates.dtype)
-    return updates, (attn if return_attn else None)
+
+
+def _augment(w: Tensor, b: Optional[Tensor]) -> Tensor:
+    """``[w | b]`` (a zero column without a bias): ``[D, D_in]`` → ``[D, D_in + 1]``."""
+    col = b.unsqueeze(1) if b is not None else w.new_zeros(w.shape[0], 1)
+    return torch.cat([w, col.to(w.dtype)], dim=1)
+
+
+def fold_step(qc, x, mask, cu_seqlens, max_seqlen: int, scale: float, eps: float, return_attn: bool, tokens=None):
+    """The folded one-head step on prepared inputs (no argument checks; the module's per-iteration
+    call). ``qc [P, K, D + 1]``: slot queries projected by ``[W_k | b_k]`` (q' and the logit bias);
+    x in qc's dtype. Returns ``(out [P, K, D + 1], attn)``: u' = Σ_n W x_n and the weight sum, so
+    ``out @ [W_v | b_v]ᵀ`` is the update. ``tokens``: a pair from :func:`x_grad_tokens` (the input
+    gradient is deferred to them); None: one pair is made here when a gradient can be needed."""
+    if tokens is None and torch.is_grad_enabled() and x.requires_grad:
+        tokens = x_grad_tokens(x, cu_seqlens, max_seqlen, qc.shape[0], qc.shape[1], 1)[0]
+    tok_s, tok_q = tokens if tokens is not None else (None, None)
+    out, _, attn = _slot_attn_fold_fwd(qc, x, tok_s, tok_q, mask, cu_seqlens, max_seqlen, scale, eps, return_attn)
+    return out, (attn if return_attn else None)
+
+
+def _projected_step(q, x, w_k, b_k, w_v, b_v, mask, cu_seqlens, max_seqlen: int, scale: float, eps: float, return_attn: bool):
+    """:func:`slot_attention_step_projected` without the argument checks."""
+    qc = torch.matmul(q, _augment(w_k, b_k))  # [P, K, D_in + 1]: q W_k and q·b_k
+    if x.dtype != qc.dtype:
+        x = x.to(qc.dtype)
+    out, attn = fold_step(qc, x, mask, cu_seqlens, max_seqlen, scale, eps, return_attn)
+    # sum_n W[k, n] (column D_in of out) is 1 for a problem with tokens, 0 for an empty one
+    updates = torch.nn.functional.linear(out, _augment(w_v, b_v).to(out.dtype))
+    return updates, attn
 
 
 def gru_gates(gi: Tensor, gh: Tensor, h: Tensor) -> Tensor:
@@ -387,8 +552,13 @@ def gru_cell(x: Tensor, h: Tensor, cell: torch.nn.GRUCell) -> Tensor:
     """
     check_tensor("x", x, ndim=2, floating=True)
     check_tensor("h", h, shape=(x.shape[0], cell.hidden_size), floating=True, device=x.device)
+    return _gru_cell(x, h, cell)
+
+
+def _gru_cell(x: Tensor, h: Tensor, cell: torch.nn.GRUCell) -> Tensor:
+    """:func:`gru_cell` without the argument checks (the module's per-iteration call)."""
     gi = torch.nn.functional.linear(x, cell.weight_ih, cell.bias_ih)
     gh = torch.nn.functional.linear(h, cell.weight_hh, cell.bias_hh)
     if h.dtype != gi.dtype:  # under autocast the GEMMs come back in bf16/fp16, like ATen's gru_cell
         h = h.to(gi.dtype)
-    return gru_gates(gi, gh, h)
+    return _gru_gates(gi, gh, h)

@@ -1,0 +1,126 @@
+"""Launch budget of ``SlotAttention(backend="triton")``: the kernels one module call issues.
+
+Counted on CPU under Triton's interpreter with :class:`triton_spy.OpCounter`: every Triton launch
+plus every aten op that would run a device kernel (views and allocations excluded; the aten ops
+inside our custom ops are counted; the interpreter's own host copies are not). The count does not
+depend on the sizes (no N split on CPU), so small shapes stand for the benchmark's. A later change
+that adds launches fails here: raise a budget only with a reason in docs/kernels.md ("Launch
+budget"), which has the table these numbers come from.
+"""
+from __future__ import annotations
+
+import os
+
+import pytest
+import torch
+
+from slotvlm import SlotAttention
+from triton_spy import OpCounter
+
+pytestmark = pytest.mark.skipif(
+    os.environ.get("TRITON_INTERPRET") != "1", reason="interpreter tests: run with TRITON_INTERPRET=1 (conftest's default)"
+)
+pytest.importorskip("slotvlm.ops.fused")
+
+# (fwd, fwd+bwd) per module call with iters=3 — what the fused design issues (docs/kernels.md)
+BUDGET = {
+    "drop-in": (40, 130),
+    "masked": (40, 130),
+    "varlen": (40, 134),
+    "implicit-grad": (40, 77),
+}
+# the PyTorch reference counted the same way (for the ratio the issue's targets are stated in)
+REFERENCE = {"drop-in": (94, 306)}
+
+
+def _run(name, backend):
+    torch.manual_seed(0)
+    kw = dict(iters=3, hidden_dim=32, backend=backend, implicit_grad=name == "implicit-grad")
+    model = SlotAttention(6, 32, **kw)
+    x = torch.randn(3, 20, 32)
+    mask = None
+    if name == "masked":
+        mask = torch.rand(3, 20) > 0.3
+    call = lambda inp: model(inp, mask=mask)  # noqa: E731
+    if name == "varlen":
+        x = torch.randn(45, 32)
+        cu = torch.tensor([0, 20, 32, 45], dtype=torch.int32)
+        call = lambda inp: model.forward_varlen(inp, cu, max_seqlen=20)  # noqa: E731
+    x.requires_grad_()
+    call(x).sum().backward()  # warm up (compiles nothing under the interpreter, but fills caches)
+    model.zero_grad(set_to_none=True)
+    x.grad = None
+    with torch.no_grad(), OpCounter() as fwd:
+        call(x)
+    with OpCounter() as both:
+        call(x).sum().backward()
+    return fwd, both
+
+
+@pytest.mark.parametrize("name", list(BUDGET))
+def test_launches_per_module_call_within_budget(name):
+    fwd, both = _run(name, "triton")
+    budget_fwd, budget_both = BUDGET[name]
+    detail = f"launches {dict(both.kernels)}, aten {dict(both.aten)}"
+    assert fwd.total <= budget_fwd, f"{name} fwd: {fwd.total} kernels > budget {budget_fwd}"
+    assert both.total <= budget_both, f"{name} fwd+bwd: {both.total} kernels > budget {budget_both}; {detail}"
+
+
+def test_reference_count_and_ratio():
+    """The reference's count (the denominator of the issue's launch targets) is what the docs say,
+    and the fused path stays at or under 0.45x of it (the issue targets 0.25x; docs/kernels.md)."""
+    fwd, both = _run("drop-in", "torch")
+    assert (fwd.total, both.total) == REFERENCE["drop-in"]
+    assert BUDGET["drop-in"][1] <= 0.45 * REFERENCE["drop-in"][1]
+
+
+@pytest.mark.filterwarnings("ignore:overflow encountered in exp")  # the interpreter's bf16 (numbers unchecked)
+def test_autocast_casts_the_inputs_once_per_forward():
+    """Under autocast the normalised inputs are converted to the compute dtype once per forward,
+    not once per iteration (counts token-sized casts; bf16 numbers are not checked here — the
+    interpreter's bf16 is not exact)."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    P, N, D = 2, 10, 16
+    casts = []
+
+    class Casts(TorchDispatchMode):
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            if func._schema.name == "aten::_to_copy" and args[0].numel() == P * N * D:
+                casts.append(args[0].dtype)
+            return func(*args, **(kwargs or {}))
+
+    model = SlotAttention(4, D, iters=3, backend="triton")
+    with torch.autocast("cpu", dtype=torch.bfloat16), Casts():
+        out = model(torch.randn(P, N, D, requires_grad=True))
+    assert out.dtype == torch.bfloat16
+    assert casts == [torch.float32]  # one fp32 -> bf16 conversion of x for all 3 iterations
+
+
+def test_traffic_model_covers_the_folded_kernels(monkeypatch):
+    """``kernels.TRAFFIC`` has a per-launch (bytes read, bytes written, FLOPs) model for every
+    folded kernel a module call launches, and each reads at least the token stream it must read."""
+    import kernels
+    from triton.runtime.interpreter import InterpretedFunction
+
+    seen = {}
+    run = InterpretedFunction.run
+
+    def spying_run(self, *args, grid=None, **kwargs):
+        name = self.fn.__name__
+        if name in kernels.TRAFFIC:
+            named = dict(zip(self.arg_names, args), **kwargs)
+            seen[name] = (kernels.TRAFFIC[name](grid, named), named)
+        return run(self, *args, grid=grid, **kwargs)
+
+    monkeypatch.setattr(InterpretedFunction, "run", spying_run)
+    P, N, D = 3, 20, 32
+    x = torch.randn(P, N, D, requires_grad=True)
+    SlotAttention(6, D, iters=2, backend="triton")(x).sum().backward()
+    assert set(seen) == set(kernels.TRAFFIC)
+    x_bytes = P * N * D * 4
+    for name, ((read, written, flops), named) in seen.items():
+        assert all(isinstance(v, int) and v > 0 for v in (read, written, flops)), name
+        if name != "_fold_dx_kernel":
+            assert read >= x_bytes, name  # streams the normalised inputs once
+    assert seen["_fold_dx_kernel"][0][1] == x_bytes  # dx written once
