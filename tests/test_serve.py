@@ -69,7 +69,7 @@ def files(tmp_path_factory):
     media = root / "media"
     media.mkdir()
     clips = {"a": make_clip(media / "a.mp4", seconds=6, fps=2), "b": make_clip(media / "b.mp4", seconds=3, fps=2),
-             "c": make_clip(media / "c.mp4", seconds=4, fps=3)}
+             "c": make_clip(media / "c.mp4", seconds=4, fps=3), "d": make_clip(media / "d.mp4", seconds=5, fps=2)}
     outside = root / "outside"
     outside.mkdir()
     secret = shutil.copy(clips["a"], outside / "secret.mp4")
@@ -227,9 +227,12 @@ def test_second_question_hits_cache(client, files, server, ref):
 
 
 def test_16_concurrent_requests(server, files, ref):
-    jobs = [(clip, q, 4 + i % 5) for i, (clip, q) in enumerate([(c, q) for c in "abc" for q in (Q1, Q2)] * 3)][:16]
+    # clip d is new: asked 6 times at once, it is decoded and encoded once (1 miss, 5 coalesced hits)
+    jobs = [(clip, q, 4 + i % 5) for i, (clip, q) in enumerate([(c, q) for c in "abd" for q in (Q1, Q2)] * 3)][:16]
     urls = {k: data_url(p) for k, p in files["clips"].items()}
     batches0 = metric(server, "slotvlm_batch_size_count")
+    hits0 = metric(server, "slotvlm_video_cache_hits_total")
+    miss0 = metric(server, "slotvlm_video_cache_misses_total")
 
     async def main():
         async with openai.AsyncOpenAI(base_url=server, api_key=KEY, max_retries=0, timeout=300) as aclient:
@@ -242,6 +245,8 @@ def test_16_concurrent_requests(server, files, ref):
     for (c, q, n), r in zip(jobs, results):
         assert r.choices[0].message.content == ref(c, q, max_new_tokens=n)
     assert metric(server, "slotvlm_batch_size_count") - batches0 < 16  # some requests shared a batch
+    assert metric(server, "slotvlm_video_cache_misses_total") - miss0 == 1
+    assert metric(server, "slotvlm_video_cache_hits_total") - hits0 == 15
 
 
 BAD = [

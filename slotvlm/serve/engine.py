@@ -68,6 +68,14 @@ class VideoCache:
             self.hits += count
             return t
 
+    def record(self, hit: bool) -> None:
+        """Count a lookup made with ``get(..., count=False)``."""
+        with self._lock:
+            if hit:
+                self.hits += 1
+            else:
+                self.misses += 1
+
     def put(self, key: str, tokens: torch.Tensor) -> None:
         size = self._size(tokens)
         with self._lock:
@@ -88,6 +96,15 @@ class VideoCache:
     def hit_ratio(self) -> float:
         n = self.hits + self.misses
         return self.hits / n if n else 0.0
+
+
+@dataclass
+class _Pending:
+    """A video being decoded by one request, waited for by others with the same content."""
+
+    done: threading.Event = field(default_factory=threading.Event)
+    pixels: torch.Tensor | None = None
+    error: BaseException | None = None
 
 
 @dataclass
@@ -142,6 +159,7 @@ class Engine:
         self.metrics.cache_entries.set_function(lambda: len(self.cache))
         self._queue: queue.Queue[Job] = queue.Queue()
         self._in_flight = 0
+        self._decoding: dict[str, _Pending] = {}
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -171,14 +189,42 @@ class Engine:
 
     def prepare(self, media: Media) -> PreparedVideo:
         """Look the video up in the cache; on a miss decode and pre-process it (CPU, any thread).
+
+        A hit is a request that neither decodes nor encodes its video itself: its tokens are in the
+        cache, or another request is already decoding the same content (concurrent questions about
+        one new video decode it once and share the frames; the worker encodes it once).
         Raises :class:`MediaError` (400) for a file that is not a decodable video."""
         key = self.cache_key(media)
-        tokens = self.cache.get(key)
+        with self._lock:
+            tokens = self.cache.get(key, count=False)
+            pending = None if tokens is not None else self._decoding.get(key)
+            owner = tokens is None and pending is None
+            if owner:
+                pending = self._decoding[key] = _Pending()
+        self.cache.record(hit=not owner)
+        (self.metrics.cache_misses if owner else self.metrics.cache_hits).inc()
         if tokens is not None:
-            self.metrics.cache_hits.inc()
             return PreparedVideo(key, tokens=tokens)
-        self.metrics.cache_misses.inc()
-        return PreparedVideo(key, pixels=self._decode(media))
+        if not owner:
+            pending.done.wait()
+            if pending.error is not None:
+                raise pending.error
+            return PreparedVideo(key, pixels=pending.pixels)
+        try:
+            pending.pixels = self._decode(media)
+        except BaseException as exc:
+            pending.error = exc
+            with self._lock:
+                self._decoding.pop(key, None)
+            raise
+        finally:
+            pending.done.set()
+        return PreparedVideo(key, pixels=pending.pixels)
+
+    def _forget_decoding(self, jobs: list[Job]) -> None:
+        with self._lock:
+            for job in jobs:
+                self._decoding.pop(job.video.key, None)
 
     def _decode(self, media: Media) -> torch.Tensor:
         from ..video import VideoError  # noqa: PLC0415
@@ -248,15 +294,16 @@ class Engine:
                     self._finish_cancelled(job)
                 else:
                     live.append(job)
-            if not live:
-                continue
             try:
-                self._run(live)
+                if live:
+                    self._run(live)
             except Exception as exc:  # keep serving: the batch fails, the worker lives
                 log.exception("batch of %d failed", len(live))
                 for job in live:
                     self._end(job)
                     job.on_error(exc)
+            finally:
+                self._forget_decoding(batch)  # encoded (now cached) or given up
 
     def _finish_cancelled(self, job: Job) -> None:
         self.metrics.cancelled.inc()
