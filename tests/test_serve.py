@@ -328,6 +328,14 @@ def test_client_disconnect_cancels(server, files):
     while metric(server, "slotvlm_requests_cancelled_total") == cancelled0 and time.time() - t0 < 30:
         time.sleep(0.2)
     assert metric(server, "slotvlm_requests_cancelled_total") == cancelled0 + 1
+    # a non-streamed request whose client gives up waiting
+    with pytest.raises(httpx.ReadTimeout):
+        httpx.post(f"{server}/chat/completions", json={**body, "stream": False}, timeout=httpx.Timeout(60, read=1.5),
+                   headers={"Authorization": f"Bearer {KEY}"})
+    t0 = time.time()
+    while metric(server, "slotvlm_requests_cancelled_total") == cancelled0 + 1 and time.time() - t0 < 30:
+        time.sleep(0.2)
+    assert metric(server, "slotvlm_requests_cancelled_total") == cancelled0 + 2
     assert metric(server, "slotvlm_requests_in_flight") == 0
 
 

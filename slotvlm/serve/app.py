@@ -331,7 +331,8 @@ def create_app(model, config: ServeConfig | None = None, *, max_batch: int = 8, 
                 loop.call_soon_threadsafe(events.put_nowait, (kind, value))
 
             job = Job(video, question, history, max_tokens, req.temperature, req.top_p, req.seed, stop,
-                      on_text=lambda d: put("text", d), on_done=lambda r: put("done", r),
+                      on_text=(lambda d: put("text", d)) if req.stream else (lambda d: None),
+                      on_done=lambda r: put("done", r),
                       on_error=lambda e: put("error", e), t_start=t0)
             engine.submit(job)
             submitted = True
@@ -382,7 +383,6 @@ def create_app(model, config: ServeConfig | None = None, *, max_batch: int = 8, 
                                      headers={"cache-control": "no-cache", **cache_header})
 
         # non-streamed: wait for the result, cancel the job if the client goes away meanwhile
-        pieces = []
         while True:
             try:
                 kind, value = await asyncio.wait_for(events.get(), timeout=0.5)
@@ -390,9 +390,6 @@ def create_app(model, config: ServeConfig | None = None, *, max_batch: int = 8, 
                 if await request.is_disconnected():
                     job.cancel.set()
                     return Response(status_code=499)
-                continue
-            if kind == "text":
-                pieces.append(value)
                 continue
             if kind == "error":
                 raise ApiError(500, "internal server error", "internal_error", "server_error")
