@@ -15,6 +15,7 @@ import shutil
 import socket
 import subprocess
 import time
+import unicodedata
 
 import pytest
 
@@ -29,6 +30,10 @@ from slotvlm.model import SlotVLM  # noqa: E402
 from slotvlm.testing import make_clip, make_tiny_slotvlm  # noqa: E402
 
 QUESTION = "What is happening in the video?"
+QUESTION2 = "How many people are there?"
+# the texts of the chat's messages of one role, read in one call (the chat re-renders while streaming)
+ROLE_TEXTS = ("return Array.from(document.querySelectorAll(`#chat .${arguments[0]}, "
+              "#chat [data-testid='${arguments[0]}']`)).map(e => e.textContent)")
 
 
 def _find_browser() -> tuple[str | None, str | None]:
@@ -95,7 +100,7 @@ def driver(browser_paths):
     opts = Options()
     opts.binary_location = chrome
     for arg in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--disable-gpu",
-                "--window-size=1400,1000", "--hide-scrollbars"):
+                "--window-size=1400,1100", "--hide-scrollbars"):
         opts.add_argument(arg)
     drv = webdriver.Chrome(service=Service(executable_path=chromedriver), options=opts)
     try:
@@ -107,7 +112,9 @@ def driver(browser_paths):
 def test_demo_in_browser(driver, demo_url, tiny, tmp_path):
     model_dir, clip, _ = tiny
     ref = SlotVLM.from_pretrained(model_dir, device="cpu").eval()
-    want = ref.generate(ref.encode_video([ref.load_video(clip)]), [QUESTION], max_new_tokens=64)[0]
+    embeds = ref.encode_video([ref.load_video(clip)])
+    want = ref.generate(embeds, [QUESTION], max_new_tokens=64)[0]
+    want2 = ref.generate(embeds, [QUESTION2], max_new_tokens=64, history=[[(QUESTION, want)]])[0]
     from slotvlm.model.visualize import visualize_video
 
     fig = visualize_video(ref, clip, str(tmp_path / "ref.png"))
@@ -132,19 +139,44 @@ def test_demo_in_browser(driver, demo_url, tiny, tmp_path):
     box.send_keys(QUESTION)
     box.send_keys(Keys.ENTER)
 
-    def answer(d):
-        bots = d.find_elements(By.CSS_SELECTOR, "#chat .bot, #chat [data-testid='bot']")
-        text = d.execute_script("return arguments[0].textContent", bots[-1]).strip() if bots else ""
-        return text if text == want else None
+    def visible(text: str) -> str:
+        """What a page shows of a text: no control characters, whitespace runs collapsed."""
+        return " ".join("".join(ch for ch in text if unicodedata.category(ch) != "Cc").split())
 
+    def messages(d, role):
+        """The messages of ``role`` in order (one message may match both selectors: de-duplicated)."""
+        out = []
+        for t in d.execute_script(ROLE_TEXTS, role):
+            t = visible(t)
+            if t and (not out or out[-1] != t):
+                out.append(t)
+        return out
+
+    seen = {}
+
+    def answer(expected, n):
+        def check(d):
+            seen[n] = texts = messages(d, "bot")
+            return len(texts) >= n and texts[n - 1] == visible(expected)
+        return check
+
+    shot = tmp_path / "demo.png"
     try:
-        wait.until(answer)
+        wait.until(answer(want, 1))
+        # a second turn: the first one stays in the prompt (multi-turn)
+        box = wait.until(lambda d: next((t for t in d.find_elements(By.CSS_SELECTOR, "#question textarea")
+                                         if t.is_enabled()), None))
+        box.send_keys(QUESTION2)
+        box.send_keys(Keys.ENTER)
+        try:
+            wait.until(answer(want2, 2))
+        except Exception:
+            assert seen.get(2) == [visible(want), visible(want2)]
+            raise
     finally:
-        shot = tmp_path / "demo.png"
         driver.save_screenshot(str(shot))
         print(f"\nscreenshot: {shot}")
         if os.environ.get("SLOTVLM_DEMO_SCREENSHOT"):
             shutil.copy(shot, os.environ["SLOTVLM_DEMO_SCREENSHOT"])
-    users = driver.find_elements(By.CSS_SELECTOR, "#chat .user, #chat [data-testid='user']")
-    assert users and QUESTION in users[-1].text
+    assert messages(driver, "user") == [QUESTION, QUESTION2]
     assert os.path.getsize(shot) > 10_000

@@ -142,7 +142,7 @@ def build_demo(model, *, examples: list[str] | None = None, figure_dir: str | No
                 video = gr.Video(label="Video", sources=["upload"], elem_id="video", height=240)
                 if examples:
                     gr.Examples(examples=[[e] for e in examples], inputs=[video], label="Pick a video")
-                chat = gr.Chatbot(label="Chat", elem_id="chat", height=360, render_markdown=False)
+                chat = gr.Chatbot(label="Chat", elem_id="chat", height=460, render_markdown=False)
                 with gr.Row():
                     box = gr.Textbox(placeholder="Ask about the video and press Enter", show_label=False,
                                      elem_id="question", scale=5, interactive=False)
