@@ -36,7 +36,7 @@ from bench._common import commit, device_name  # noqa: E402
 
 COLUMNS = ["timestamp", "commit", "device", "torch", "model", "clients", "requests", "videos", "max_tokens",
            "ok", "errors", "wall_s", "req_per_s", "p50_ms", "p99_ms", "ttft_p50_ms", "ttft_p99_ms",
-           "cache_hit_rate", "mean_batch"]
+           "cache_hit_rate", "mean_batch", "loadavg_1m"]
 QUESTIONS = ["What is happening in the video?", "How many people are there?", "What color is the car?",
              "Describe the video in detail."]
 
@@ -201,10 +201,12 @@ def main(argv=None) -> int:
         "ttft_p50_ms": f"{1e3 * _quantile(ttft, 0.5):.1f}", "ttft_p99_ms": f"{1e3 * _quantile(ttft, 0.99):.1f}",
         "cache_hit_rate": f"{hits / (hits + misses):.3f}" if hits + misses else "nan",
         "mean_batch": f"{delta('slotvlm_batch_size_sum') / batches:.2f}" if batches else "nan",
+        "loadavg_1m": f"{os.getloadavg()[0]:.1f}",  # the machine's load while measuring: CPU numbers are only as quiet as it
     }
-    print(f"\nserver: {base} ({label}); device: {device}; torch {torch.__version__}; commit {row['commit']}")
+    print(f"\nserver: {base} ({label}); device: {device}; torch {torch.__version__}; commit {row['commit']}; "
+          f"load average {row['loadavg_1m']}")
     keys = ["clients", "requests", "ok", "errors", "req_per_s", "p50_ms", "p99_ms", "ttft_p50_ms", "ttft_p99_ms",
-            "cache_hit_rate", "mean_batch"]
+            "cache_hit_rate", "mean_batch", "loadavg_1m"]
     print("  ".join(f"{k:>14}" for k in keys))
     print("  ".join(f"{str(row[k]):>14}" for k in keys))
     out = ROOT / "bench" / "results" / "serve.csv" if args.save else Path(work) / "serve.csv"

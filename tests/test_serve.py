@@ -339,6 +339,26 @@ def test_client_disconnect_cancels(server, files):
     assert metric(server, "slotvlm_requests_in_flight") == 0
 
 
+def test_bench_script_against_server(server, capsys):
+    """bench/serve.py against this server: its table and CSV row agree with what was asked."""
+    import csv
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("bench_serve", os.path.join(ROOT, "bench", "serve.py"))
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    assert bench.main(["--base-url", server, "--api-key", KEY, "--clients", "2", "--requests", "2",
+                       "--videos", "2", "--max-tokens", "3"]) == 0
+    out = capsys.readouterr().out
+    assert "req_per_s" in out and "ttft_p50_ms" in out
+    path = out.split("wrote 1 row to ")[1].split(" (use --save")[0]
+    assert not path.startswith(os.path.join(ROOT, "bench", "results"))  # only --save writes there
+    with open(path) as f:
+        row = next(csv.DictReader(f))
+    assert (row["requests"], row["ok"], row["errors"]) == ("4", "4", "0")
+    assert 0 <= float(row["cache_hit_rate"]) <= 1 and float(row["p99_ms"]) >= float(row["p50_ms"]) > 0
+
+
 def test_queue_overflow_429(files):
     """A second, in-process server with room for 2 requests: 8 at once → some 429 with Retry-After."""
     import uvicorn
