@@ -406,3 +406,20 @@ def test_queue_overflow_429(files):
         thread.join(30)
         sock.close()
     assert not thread.is_alive()
+
+
+def test_video_cache_is_lru_and_bounded_by_bytes():
+    from slotvlm.serve.engine import VideoCache
+
+    t = torch.zeros(192, 64)  # 48 KiB in fp32, one video's tokens for the tiny model
+    size = t.numel() * t.element_size()
+    cache = VideoCache(max_bytes=3 * size)
+    for k in "abc":
+        cache.put(k, t.clone())
+    assert cache.get("a") is not None  # a is now the most recently used
+    cache.put("d", t.clone())  # over the bound: the least recently used (b) goes
+    assert cache.get("b") is None and all(cache.get(k) is not None for k in "acd")
+    assert cache.bytes == 3 * size and len(cache) == 3
+    cache.put("huge", torch.zeros(4 * 192, 64))  # larger than the whole cache: not kept, nothing evicted
+    assert cache.get("huge") is None and len(cache) == 3
+    assert (cache.hits, cache.misses) == (4, 2) and cache.hit_ratio == 4 / 6

@@ -149,6 +149,8 @@ def decode(model, requests: Sequence[GenRequest]) -> list[GenResult]:
 
     cache = _new_cache(llm)
     ckw = _cache_kwarg(llm)
+    # only the last position's logits are needed (saves a [B, S, vocab] tensor on the prompt pass)
+    keep_last = {"logits_to_keep": 1} if "logits_to_keep" in inspect.signature(llm.forward).parameters else {}
     pos = (mask.cumsum(1) - 1).clamp(min=0)
     step_in = dict(inputs_embeds=inputs["inputs_embeds"], attention_mask=mask, position_ids=pos)
     for r_i, r in enumerate(requests):
@@ -160,18 +162,14 @@ def decode(model, requests: Sequence[GenRequest]) -> list[GenResult]:
         step_in = {k: v[sel] for k, v in step_in.items()}
         mask = mask[sel]
     while active:
-        out = llm(**step_in, **{ckw: cache}, use_cache=True)
+        out = llm(**step_in, **{ckw: cache}, use_cache=True, **keep_last)
         logits = out.logits[:, -1, :].float()
-        next_tokens = []
+        next_tokens = logits.argmax(-1).tolist()  # greedy rows (one device sync for the batch)
         for row, i in enumerate(active):
             r = requests[i]
-            if r.temperature > 0:
-                scores = _warp(logits[row : row + 1], r.temperature, r.top_p)
-                probs = torch.softmax(scores, -1)
-                t = int(torch.multinomial(probs, 1, generator=gens[i]).item())
-            else:
-                t = int(logits[row].argmax().item())
-            next_tokens.append(t)
+            if r.temperature > 0:  # each sampled row draws from its own generator
+                probs = torch.softmax(_warp(logits[row : row + 1], r.temperature, r.top_p), -1)
+                next_tokens[row] = int(torch.multinomial(probs, 1, generator=gens[i]).item())
         keep = []
         for row, i in enumerate(active):
             r, t = requests[i], next_tokens[row]
