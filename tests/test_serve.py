@@ -359,53 +359,87 @@ def test_bench_script_against_server(server, capsys):
     assert 0 <= float(row["cache_hit_rate"]) <= 1 and float(row["p99_ms"]) >= float(row["p50_ms"]) > 0
 
 
-def test_queue_overflow_429(files):
-    """A second, in-process server with room for 2 requests: 8 at once → some 429 with Retry-After."""
+@pytest.fixture(scope="module")
+def small_server(files):
+    """A second server, in-process (``create_app`` + uvicorn in a thread, pre-bound loopback socket):
+    room for 2 requests, batches of 1, remote media allowed; yields its /v1 URL."""
     import uvicorn
 
     from slotvlm.serve import ServeConfig, create_app
+    from slotvlm.serve.media import MediaPolicy
 
     model = SlotVLM.from_pretrained(files["model"], device="cpu")
-    app = create_app(model, ServeConfig(served_model_name="small"), max_batch=1, max_queue=2)
+    app = create_app(model, ServeConfig(served_model_name="small", media=MediaPolicy(allow_remote_media=True)),
+                     max_batch=1, max_queue=2)
     sock = socket.socket()
     sock.bind(("127.0.0.1", 0))
-    port = sock.getsockname()[1]
     srv = uvicorn.Server(uvicorn.Config(app, log_level="warning"))
     thread = threading.Thread(target=srv.run, kwargs={"sockets": [sock]}, daemon=True)
     thread.start()
     try:
-        base = f"http://127.0.0.1:{port}/v1"
         while not srv.started:
             time.sleep(0.05)
-        url = data_url(files["clips"]["a"])
-
-        async def one(aclient):
-            try:
-                raw = await aclient.chat.completions.with_raw_response.create(
-                    model="small", messages=[user(url, Q1)], max_tokens=24, temperature=0)
-                return 200, raw.headers
-            except openai.RateLimitError as exc:
-                return exc.status_code, exc.response.headers
-
-        async def main():
-            async with openai.AsyncOpenAI(base_url=base, api_key="unused", max_retries=0, timeout=120) as aclient:
-                return await asyncio.gather(*[one(aclient) for _ in range(8)])
-
-        results = asyncio.run(main())
-        codes = sorted(c for c, _ in results)
-        assert 429 in codes and 200 in codes, codes
-        assert set(codes) == {200, 429}
-        assert all(int(h["retry-after"]) >= 1 for c, h in results if c == 429)
-        # and it keeps serving
-        ok = openai.OpenAI(base_url=base, api_key="unused", max_retries=0).chat.completions.create(
-            model="small", messages=[user(url, Q1)], max_tokens=2, temperature=0)
-        assert ok.choices[0].finish_reason in ("stop", "length")
-        assert metric(base, "slotvlm_requests_rejected_total", {"reason": "queue_full"}) == codes.count(429)
+        yield f"http://127.0.0.1:{sock.getsockname()[1]}/v1"
     finally:
         srv.should_exit = True
         thread.join(30)
         sock.close()
     assert not thread.is_alive()
+
+
+def test_queue_overflow_429(files, small_server):
+    """Room for 2 requests: 8 at once → some 429 with Retry-After, the others answered."""
+    base = small_server
+    url = data_url(files["clips"]["a"])
+
+    async def one(aclient):
+        try:
+            raw = await aclient.chat.completions.with_raw_response.create(
+                model="small", messages=[user(url, Q1)], max_tokens=24, temperature=0)
+            return 200, raw.headers
+        except openai.RateLimitError as exc:
+            return exc.status_code, exc.response.headers
+
+    async def main():
+        async with openai.AsyncOpenAI(base_url=base, api_key="unused", max_retries=0, timeout=120) as aclient:
+            return await asyncio.gather(*[one(aclient) for _ in range(8)])
+
+    results = asyncio.run(main())
+    codes = sorted(c for c, _ in results)
+    assert 429 in codes and 200 in codes, codes
+    assert set(codes) == {200, 429}
+    assert all(int(h["retry-after"]) >= 1 for c, h in results if c == 429)
+    # and it keeps serving
+    ok = openai.OpenAI(base_url=base, api_key="unused", max_retries=0).chat.completions.create(
+        model="small", messages=[user(url, Q1)], max_tokens=2, temperature=0)
+    assert ok.choices[0].finish_reason in ("stop", "length")
+    assert metric(base, "slotvlm_requests_rejected_total", {"reason": "queue_full"}) == codes.count(429)
+
+
+def test_remote_media_when_allowed(files, small_server, ref):
+    """--allow-remote-media: the server fetches an http:// video (from a loopback file server here)."""
+    import functools
+    from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
+
+    class Quiet(SimpleHTTPRequestHandler):
+        def log_message(self, *args):
+            pass
+
+    httpd = ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(Quiet, directory=files["media"]))
+    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
+    thread.start()
+    try:
+        host = f"http://127.0.0.1:{httpd.server_address[1]}"
+        client = openai.OpenAI(base_url=small_server, api_key="unused", max_retries=0)
+        r = client.chat.completions.create(model="small", messages=[user(f"{host}/b.mp4", Q2)], max_tokens=6,
+                                           temperature=0)
+        assert r.choices[0].message.content == ref("b", Q2, max_new_tokens=6)
+        with pytest.raises(openai.BadRequestError, match="HTTP 404"):
+            client.chat.completions.create(model="small", messages=[user(f"{host}/missing.mp4", Q2)], max_tokens=2)
+    finally:
+        httpd.shutdown()
+        httpd.server_close()
+        thread.join(10)
 
 
 def test_video_cache_is_lru_and_bounded_by_bytes():
