@@ -117,7 +117,10 @@ def test_demo_in_browser(driver, demo_url, tiny, tmp_path):
     want2 = ref.generate(embeds, [QUESTION2], max_new_tokens=64, history=[[(QUESTION, want)]])[0]
     from slotvlm.model.visualize import visualize_video
 
-    fig = visualize_video(ref, clip, str(tmp_path / "ref.png"))
+    from PIL import Image
+
+    visualize_video(ref, clip, str(tmp_path / "ref.png"))  # the PNG it writes (whatever it returns)
+    fig = Image.open(tmp_path / "ref.png")
 
     wait = WebDriverWait(driver, 180, poll_frequency=0.25)
     driver.get(demo_url)
