@@ -28,7 +28,7 @@ import os
 import sys
 
 # In the order `slotvlm --help` lists them.
-COMMANDS = ["init", "chat", "visualize", "synth", "extract", "train", "predict", "judge"]
+COMMANDS = ["init", "chat", "visualize", "synth", "extract", "train", "predict", "judge", "serve", "demo"]
 
 
 def _available() -> list[str]:
