@@ -81,8 +81,8 @@ def render_model_card(cfg: SlotVLMConfig, *, trainable_params: int, license: str
         lines += ["| # | stage | branch | data | steps / epochs | lr | batch |", "|---|---|---|---|---|---|---|"]
         for i, r in enumerate(cfg.training, 1):
             steps = r.get("max_steps") or (f"{r['epochs']} epochs" if r.get("epochs") is not None else "")
-            data = r.get("data") or r.get("features") or ""
-            lines.append(f"| {i} | {r.get('stage', '')} | {r.get('branch') or 'both'} | `{os.path.basename(str(data))}` "
+            src = r.get("data") or r.get("features") or ""
+            lines.append(f"| {i} | {r.get('stage', '')} | {r.get('branch') or 'both'} | `{os.path.basename(str(src))}` "
                          f"| {steps} | {r.get('lr', '')} | {r.get('batch_size', '')} |")
         lines += ["", "Stage 1 pre-trains the slots by reconstructing CLIP features; stage 2 instruction-tunes one "
                   "branch and the projection; stage 3 tunes both branches. CLIP and the LLM stay frozen.", ""]

@@ -475,6 +475,44 @@ class SlotVLM(PreTrainedModel):
         out = self.llm.generate(**inputs, **kwargs)
         return [t.strip() for t in tok.batch_decode(out, skip_special_tokens=True)]
 
+    def stream(self, video_embeds: torch.Tensor, question: str, max_new_tokens: int = 64, do_sample: bool = False,
+               *, history=None, **gen_kwargs):
+        """Like :meth:`generate` for one video and one question, but yields the answer's text in pieces
+        as the LLM produces them (``transformers.TextIteratorStreamer``; generation runs in a thread).
+        ``video_embeds [1, L, H]``; ``history``: earlier ``(question, answer)`` turns of this video.
+        The pieces joined and stripped equal ``generate(...)[0]``."""
+        import threading  # noqa: PLC0415
+
+        from transformers import TextIteratorStreamer  # noqa: PLC0415
+
+        check_tensor("video_embeds", video_embeds, shape=(1, None, None), floating=True)
+        inputs = self.build_inputs(video_embeds, [question], history=[list(history or [])])
+        tok = self.tokenizer
+        streamer = TextIteratorStreamer(tok, skip_prompt=True, skip_special_tokens=True)
+        kwargs = dict(max_new_tokens=max_new_tokens, do_sample=do_sample, pad_token_id=tok.pad_token_id,
+                      eos_token_id=tok.eos_token_id, streamer=streamer)
+        if not do_sample:
+            kwargs.update(temperature=None, top_p=None, top_k=None)
+        kwargs.update(gen_kwargs)
+        errors: list[BaseException] = []
+
+        def work():
+            try:
+                with torch.no_grad():
+                    self.llm.generate(**inputs, **kwargs)
+            except BaseException as exc:  # noqa: BLE001 - re-raised in the caller's thread
+                errors.append(exc)
+                streamer.end()
+
+        thread = threading.Thread(target=work, daemon=True)
+        thread.start()
+        try:
+            yield from streamer
+        finally:
+            thread.join()
+        if errors:
+            raise errors[0]
+
     def load_video(self, path: str, max_frames: int | None = None) -> torch.Tensor:
         """Decode ``path`` at ``config.fps`` → CLIP-ready ``[T, 3, S, S]``."""
         from ..video import load_video, preprocess  # noqa: PLC0415
