@@ -95,7 +95,8 @@ def resolve_model_folder(name, *, revision: str | None = None, cache_dir=None, t
         hub["local_files_only"] = True
     try:
         with open(hf_hub_download(name, CONFIG_NAME, **hub), encoding="utf-8") as f:
-            refs = [json.load(f).get(k) for k in REFERENCE_FIELDS]
+            saved = json.load(f)
+        refs = [saved.get(k) for k in REFERENCE_FIELDS]
         inside = [r[2:].rstrip("/") + "/*" for r in refs if isinstance(r, str) and r.startswith("./")]
         return snapshot_download(name, allow_patterns=[CONFIG_NAME, WEIGHTS_NAME, CARD_NAME, *inside], **hub)
     except HFValidationError as exc:
@@ -275,31 +276,47 @@ class SlotVLM(PreTrainedModel):
     def push_to_hub(self, repo_id: str, *, commit_message: str = "Upload Slot-VLM", private: bool | None = None,
                     token: str | None = None, revision: str | None = None, create_pr: bool = False,
                     license: str | None = None, api=None) -> str:
-        """Upload the folder :meth:`save_pretrained` writes (config, connector weights, model card) to
-        the hub repo ``repo_id`` (created if missing) in one commit; returns the commit URL.
+        """Upload what :meth:`save_pretrained` writes (config, connector weights, model card) to the hub
+        repo ``repo_id`` (created if missing) in one commit; returns the commit URL.
 
-        Base models given as hub ids are referenced, not uploaded. Base models in local folders are
-        not uploaded either: the references would point nowhere on the hub, so this raises
-        ``ValueError`` naming them (upload the base models first and re-init with their hub ids).
-        ``api``: a ``huggingface_hub.HfApi`` (default: one for ``$HF_ENDPOINT`` with ``token``).
+        Base models given by hub id are referenced, not uploaded. Base models in local folders (e.g.
+        the tiny ones of ``slotvlm init --tiny``) are uploaded into the repo as ``vision/``, ``llm/``
+        (and ``tokenizer/``) and referenced as ``./vision`` etc., so ``from_pretrained(repo_id)``
+        finds them. ``api``: a ``huggingface_hub.HfApi`` (default: one for ``$HF_ENDPOINT`` and ``token``).
         """
         import tempfile  # noqa: PLC0415
 
         from huggingface_hub import CommitOperationAdd, HfApi  # noqa: PLC0415
 
-        local = [f"{k}={getattr(self.config, k)!r}" for k in REFERENCE_FIELDS
-                 if getattr(self.config, k) is not None and os.path.exists(getattr(self.config, k))]
-        if local:
-            raise ValueError(f"push_to_hub: base models in local folders cannot be referenced from the hub: "
-                             f"{', '.join(local)}; push them first and use their hub ids")
         api = api if api is not None else HfApi(token=token)
         repo_id = api.create_repo(repo_id, private=private, token=token, exist_ok=True).repo_id
+        cfg = self.config
+        saved = {k: getattr(cfg, k) for k in REFERENCE_FIELDS}
         with tempfile.TemporaryDirectory() as tmp:
-            self.save_pretrained(tmp, license=license)
-            with open(os.path.join(tmp, CARD_NAME), "w", encoding="utf-8") as f:
-                f.write(self.model_card(license=license, repo_id=repo_id))
-            ops = [CommitOperationAdd(path_in_repo=name, path_or_fileobj=os.path.join(tmp, name))
-                   for name in sorted(os.listdir(tmp))]
+            try:
+                links: dict[str, str] = {}
+                for k, sub in zip(REFERENCE_FIELDS, ("vision", "llm", "tokenizer")):
+                    ref = saved[k]
+                    if ref is None or not os.path.isdir(ref):
+                        continue
+                    real = os.path.realpath(ref)
+                    if real not in links:  # the LLM folder usually holds the tokenizer too
+                        links[real] = os.path.join(tmp, sub)
+                        os.symlink(real, links[real], target_is_directory=True)
+                    setattr(cfg, k, links[real])
+                self.save_pretrained(tmp, license=license)
+                with open(os.path.join(tmp, CARD_NAME), "w", encoding="utf-8") as f:
+                    f.write(self.model_card(license=license, folder=tmp, repo_id=repo_id))
+            finally:
+                for k, v in saved.items():
+                    setattr(cfg, k, v)
+            ops = []
+            for root, _, files in os.walk(tmp, followlinks=True):
+                for name in sorted(files):
+                    path = os.path.join(root, name)
+                    rel = os.path.relpath(path, tmp).replace(os.sep, "/")
+                    if not rel.startswith(".") and "/." not in rel:  # skip .cache/, .gitattributes...
+                        ops.append(CommitOperationAdd(path_in_repo=rel, path_or_fileobj=path))
             info = api.create_commit(repo_id, ops, commit_message=commit_message, token=token, revision=revision,
                                      create_pr=create_pr)
         return str(getattr(info, "commit_url", info))
