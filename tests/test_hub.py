@@ -118,8 +118,8 @@ def test_auto_classes(tiny, reference):
 
     cfg = AutoConfig.from_pretrained(tiny)
     assert type(cfg) is SlotVLMConfig and cfg.model_type == "slotvlm" and cfg.num_tokens == 192
-    model = AutoModel.from_pretrained(tiny)
-    assert type(model) is SlotVLM and isinstance(model, PreTrainedModel)
+    model = AutoModel.from_pretrained(tiny, device_map="cpu", dtype="auto")
+    assert type(model) is SlotVLM and isinstance(model, PreTrainedModel) and model.device.type == "cpu"
     assert_same(outputs(model.eval()), reference)
 
 

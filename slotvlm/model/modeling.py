@@ -212,8 +212,13 @@ class SlotVLM(PreTrainedModel):
         from safetensors.torch import load_file  # noqa: PLC0415
 
         dtype = dtype if dtype is not None else kwargs.pop("torch_dtype", None)
-        if isinstance(device, str) and device == "auto":
-            device = None
+        device_map = kwargs.pop("device_map", None)  # transformers' spelling: one device only
+        if device is None and isinstance(device_map, (str, torch.device)):
+            device = device_map
+        elif device_map is not None and not isinstance(device_map, (str, torch.device)):
+            raise ValueError(f"device_map={device_map!r}: a Slot-VLM loads onto one device, pass device='cuda:0'")
+        device = None if device == "auto" else device
+        dtype = None if dtype == "auto" else dtype
         kwargs.pop("trust_remote_code", None)
         kwargs.pop("adapter_kwargs", None)
         kwargs.pop("_from_auto", None)
