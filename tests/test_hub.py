@@ -341,6 +341,25 @@ def test_stream_yields_while_generating(tiny):
     plain = m.generate(emb, [QUESTION], max_new_tokens=20, logits_processor=LogitsProcessorList([Force()]))[0]
     assert plain == "".join(pieces).strip()
 
+    # a reader that leaves early stops the generation (no thread left running, no 500 tokens made)
+    word = tok(" red", add_special_tokens=False).input_ids
+
+    class Endless(LogitsProcessor):
+        steps = 0
+
+        def __call__(self, input_ids, scores):
+            out = torch.full_like(scores, float("-inf"))
+            out[:, word[Endless.steps % len(word)]] = 0
+            Endless.steps += 1
+            return out
+
+    gen = m.stream(emb, QUESTION, max_new_tokens=500, logits_processor=LogitsProcessorList([Endless()]))
+    try:
+        first = next(gen)
+    finally:
+        gen.close()
+    assert first.strip() and "red red red".startswith(first.strip()) and Endless.steps < 250
+
 
 def test_chat_cli_streams_multi_turn(tiny, root, monkeypatch, capsys):
     import io

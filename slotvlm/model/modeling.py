@@ -516,6 +516,15 @@ class SlotVLM(PreTrainedModel):
         if not do_sample:
             kwargs.update(temperature=None, top_p=None, top_k=None)
         kwargs.update(gen_kwargs)
+        from transformers import StoppingCriteria, StoppingCriteriaList  # noqa: PLC0415
+
+        stop = threading.Event()  # set when the reader stops early (break, closed generator)
+
+        class _ReaderGone(StoppingCriteria):
+            def __call__(self, input_ids, scores, **_):
+                return torch.full((input_ids.shape[0],), stop.is_set(), dtype=torch.bool, device=input_ids.device)
+
+        kwargs["stopping_criteria"] = StoppingCriteriaList([*(kwargs.get("stopping_criteria") or []), _ReaderGone()])
         errors: list[BaseException] = []
 
         def work():
@@ -531,6 +540,7 @@ class SlotVLM(PreTrainedModel):
         try:
             yield from streamer
         finally:
+            stop.set()
             thread.join()
         if errors:
             raise errors[0]
