@@ -1,6 +1,12 @@
-"""Conversation templates. Slot-VLM (like Video-ChatGPT) uses Vicuna v1:
+"""Conversation templates.
+
+``conv_template="auto"`` (the default) uses the tokenizer's own chat template
+(``tokenizer.apply_chat_template``) when it has one, and otherwise Vicuna v1, the template of
+Slot-VLM, Video-ChatGPT and the LLaVA-style checkpoints (whose tokenizers carry no template)::
 
     "<system> USER: <video>\\n<question> ASSISTANT: <answer></s>"
+
+``"vicuna_v1"`` forces Vicuna v1, ``"tokenizer"`` requires the tokenizer's template.
 
 ``VIDEO_TOKEN`` marks where the video embeddings go; it is never tokenised, the model splits the
 prompt text on it and inserts the ``[L, H]`` video embeddings there.
@@ -26,6 +32,7 @@ class Conversation:
     roles: tuple[str, str] = ("USER", "ASSISTANT")
     sep: str = " "
     sep2: str = "</s>"
+    includes_bos: bool = False  # the BOS token is added by the model, not written in the text
 
     def prompt(self, question: str, history: list[tuple[str, str]] | None = None) -> str:
         """The text before the answer: earlier turns (``[(question, answer)]``) then ``question``.
@@ -45,10 +52,45 @@ class Conversation:
         return text
 
 
+class ChatTemplate:
+    """The tokenizer's chat template (jinja, rendered by ``apply_chat_template``) with the same
+    ``prompt(question, history)`` interface as :class:`Conversation`."""
+
+    name = "tokenizer"
+
+    def __init__(self, tokenizer, system: str | None = None):
+        if not getattr(tokenizer, "chat_template", None):
+            raise ValueError("conv_template='tokenizer' but the tokenizer has no chat_template")
+        self.tokenizer = tokenizer
+        self.system = system
+        bos = getattr(tokenizer, "bos_token", None)
+        probe = self._render([{"role": "user", "content": "x"}])
+        self.includes_bos = bool(bos) and probe.startswith(bos)
+
+    def _render(self, messages) -> str:
+        return self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+
+    def prompt(self, question: str, history: list[tuple[str, str]] | None = None) -> str:
+        turns = list(history or []) + [(question, None)]
+        has_video = any(VIDEO_TOKEN in q for q, _ in turns)
+        messages = [{"role": "system", "content": self.system}] if self.system else []
+        for i, (q, a) in enumerate(turns):
+            if i == 0 and not has_video:
+                q = f"{VIDEO_TOKEN}\n{q}"
+            messages.append({"role": "user", "content": q})
+            if a is not None:
+                messages.append({"role": "assistant", "content": a})
+        return self._render(messages)
+
+
 TEMPLATES = {"vicuna_v1": Conversation("vicuna_v1", VICUNA_V1_SYSTEM)}
+CHOICES = ("auto", "tokenizer", *TEMPLATES)
 
 
-def get_template(name: str) -> Conversation:
-    if name not in TEMPLATES:
-        raise ValueError(f"conv_template must be one of {sorted(TEMPLATES)}, got {name!r}")
-    return TEMPLATES[name]
+def get_template(name: str, tokenizer=None):
+    """The prompt template ``name`` (see the module docstring); ``tokenizer`` for "auto"/"tokenizer"."""
+    if name not in CHOICES:
+        raise ValueError(f"conv_template must be one of {sorted(CHOICES)}, got {name!r}")
+    if name == "tokenizer" or (name == "auto" and getattr(tokenizer, "chat_template", None)):
+        return ChatTemplate(tokenizer)
+    return TEMPLATES["vicuna_v1" if name == "auto" else name]

@@ -33,6 +33,12 @@ TINY_LLAMA = dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, nu
                   num_key_value_heads=2, max_position_embeddings=2048)
 # Connector sizes that keep the paper's token counts (8×8 object + 4×4×8 event = 192) but tiny widths.
 TINY_CONNECTOR = dict(slot_dim=32, slot_hidden_dim=32, proj_dim=32, max_frames=64, qformer_heads=4)
+# A Zephyr-style chat template for the tiny tokenizer of ``slotvlm init --tiny`` (rendered by
+# ``tokenizer.apply_chat_template``); the BOS token is written by the template itself.
+TINY_CHAT_TEMPLATE = (
+    "{{ bos_token }}{% for m in messages %}<|{{ m['role'] }}|>\n{{ m['content'] }}{{ eos_token }}\n{% endfor %}"
+    "{% if add_generation_prompt %}<|assistant|>\n{% endif %}"
+)
 
 
 def make_tiny_clip(directory, seed: int = 0, full: bool = False, **overrides) -> str:
@@ -56,9 +62,10 @@ def make_tiny_clip(directory, seed: int = 0, full: bool = False, **overrides) ->
     return directory
 
 
-def make_tiny_tokenizer(directory=None, vocab_size: int = 400):
+def make_tiny_tokenizer(directory=None, vocab_size: int = 400, chat_template: str | None = None):
     """A byte-level BPE tokenizer trained with ``tokenizers`` on a small corpus, wrapped as a
-    ``PreTrainedTokenizerFast`` with LLaMA's special tokens (``<s>`` prepended by default)."""
+    ``PreTrainedTokenizerFast`` with LLaMA's special tokens (``<s>`` prepended by default) and,
+    when given, a jinja ``chat_template`` (e.g. :data:`TINY_CHAT_TEMPLATE`)."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers  # noqa: PLC0415
     from transformers import PreTrainedTokenizerFast  # noqa: PLC0415
 
@@ -72,17 +79,20 @@ def make_tiny_tokenizer(directory=None, vocab_size: int = 400):
                                                        special_tokens=[("<s>", tok.token_to_id("<s>"))])
     fast = PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="<unk>", bos_token="<s>", eos_token="</s>",
                                    pad_token="<pad>")
+    if chat_template is not None:
+        fast.chat_template = chat_template
     if directory is not None:
         fast.save_pretrained(str(directory))
     return fast
 
 
-def make_tiny_llm(directory, seed: int = 0, **overrides) -> str:
-    """A random ``LlamaForCausalLM`` (width 64, 2 layers) and its tokenizer saved to ``directory``."""
+def make_tiny_llm(directory, seed: int = 0, chat_template: str | None = None, **overrides) -> str:
+    """A random ``LlamaForCausalLM`` (width 64, 2 layers) and its tokenizer (with ``chat_template``
+    when given) saved to ``directory``."""
     from transformers import LlamaConfig, LlamaForCausalLM  # noqa: PLC0415
 
     directory = str(directory)
-    tok = make_tiny_tokenizer(directory)
+    tok = make_tiny_tokenizer(directory, chat_template=chat_template)
     cfg = LlamaConfig(vocab_size=len(tok), bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id,
                       pad_token_id=tok.pad_token_id, **{**TINY_LLAMA, **overrides})
     with torch.random.fork_rng(devices=[]):
@@ -106,6 +116,25 @@ def make_tiny_slotvlm(directory, seed: int = 0, **cfg) -> str:
         make_tiny_llm(llm, seed=seed)
     out = os.path.join(directory, cfg.pop("name", "model"))
     config = SlotVLMConfig(vision_model=clip, llm_model=llm, **{**TINY_CONNECTOR, **cfg})
+    SlotVLM.from_config(config, device="cpu", dtype=torch.float32, seed=seed).save_pretrained(out)
+    return out
+
+
+def make_tiny_bundle(out, seed: int = 0, chat_template: str | None = TINY_CHAT_TEMPLATE, **cfg) -> str:
+    """What ``slotvlm init --tiny OUT`` writes: one self-contained folder ``OUT`` holding a tiny
+    random CLIP (``OUT/clip``), a tiny random LLaMA with its tokenizer and chat template
+    (``OUT/llm``) and a fresh connector (``TINY_CONNECTOR`` sizes, overridden by ``cfg``) saved with
+    :meth:`SlotVLM.save_pretrained` — the config refers to ``./clip`` and ``./llm``, so the folder
+    can be moved, copied or pushed to the hub as a whole. Random weights: for trying the pipeline
+    offline, not for answers. Returns ``OUT``."""
+    from .model import SlotVLM, SlotVLMConfig  # noqa: PLC0415
+
+    out = str(out)
+    clip, llm = os.path.join(out, "clip"), os.path.join(out, "llm")
+    make_tiny_clip(clip, seed=seed)
+    make_tiny_llm(llm, seed=seed, chat_template=chat_template)
+    extra = {"license": "apache-2.0", **cfg.pop("extra", {})}
+    config = SlotVLMConfig(vision_model=clip, llm_model=llm, extra=extra, **{**TINY_CONNECTOR, **cfg})
     SlotVLM.from_config(config, device="cpu", dtype=torch.float32, seed=seed).save_pretrained(out)
     return out
 

@@ -5,6 +5,7 @@ import argparse
 import os
 import sys
 
+from ._model_args import dtype_name
 from ._types import nonneg_float, nonneg_int, positive_float, positive_int
 
 HELP = "judge predictions (preds.jsonl) with an LLM: accuracy and 0-5 score, resumable"
@@ -36,7 +37,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--local", metavar="ID|PATH", help="judge with a local transformers causal LM")
     p.add_argument("--device", default=None, help="device of the --local judge (default: cuda if any)")
-    p.add_argument("--dtype", default=None, choices=["float32", "bfloat16", "float16"],
+    p.add_argument("--dtype", default=None, type=dtype_name, metavar="DTYPE",  # bf16, fp32, ... accepted
                    help="dtype of the --local judge (default: the checkpoint's)")
     p.add_argument("--concurrency", type=positive_int, default=4, help="requests in flight (default 4)")
     p.add_argument(

@@ -1,26 +1,88 @@
-"""``SlotVLMConfig``: every size and switch of a Slot-VLM, JSON-serialisable.
+"""``SlotVLMConfig``: every size and switch of a Slot-VLM, a transformers ``PreTrainedConfig``.
 
 The defaults are the paper's model: CLIP ViT-L/14 (penultimate layer, 16×16 tokens of width 1024),
 SlowFast Slots (8 frames × 8 object slots + 4×4 positions × 8 event slots = 192 tokens, slot width
 1024, 3 iterations), Vicuna-7B v1.5.
+
+Saved as ``config.json`` (``model_type: "slotvlm"``, registered with ``AutoConfig``); folders
+written by slotvlm 0.1 (``slotvlm_config.json``) still load. Base-model references are written as
+given when they are hub ids and as paths relative to the model folder (``./clip``, ``../llm``) when
+they are local folders, and resolved against the folder on load (see :func:`resolve_reference`).
 """
 from __future__ import annotations
 
-import dataclasses
 import json
 import os
-from dataclasses import dataclass, field, fields
+from dataclasses import field, fields
+
+from transformers import PreTrainedConfig
 
 from .._checks import check_choice, check_positive_int
+from ..conversation import CHOICES as TEMPLATE_CHOICES
 
 CONNECTORS = ("slowfast", "pooling", "qformer")
 EVENT_ENCODERS = ("slot_attention", "slot_ssm")
-CONFIG_NAME = "slotvlm_config.json"
+CONFIG_NAME = "config.json"
+LEGACY_CONFIG_NAME = "slotvlm_config.json"  # slotvlm 0.1 folders
 WEIGHTS_NAME = "connector.safetensors"
+REFERENCE_FIELDS = ("vision_model", "llm_model", "tokenizer")
 
 
-@dataclass
-class SlotVLMConfig:
+def looks_local(name: str) -> bool:
+    """True when ``name`` is meant as a local path rather than a hub id ``org/name``: it is absolute,
+    starts with ``.`` or ``~``, holds a backslash or more than one ``/``, ends with ``/``, or its first
+    component is an existing local folder (``tiny/clipp`` when ``tiny/`` exists)."""
+    name = str(name)
+    if os.path.isabs(name) or name.startswith((".", "~")) or "\\" in name or name.endswith("/"):
+        return True
+    parts = name.split("/")
+    if len(parts) > 2:
+        return True
+    return len(parts) == 2 and os.path.isdir(parts[0])
+
+
+def check_reference(argument: str, name: str) -> str:
+    """Return ``name`` (a hub id, or an existing local path made absolute). A name that looks local
+    (:func:`looks_local`) but does not exist raises ``ValueError`` naming ``argument`` — at once,
+    never a hub lookup."""
+    if not isinstance(name, str) or not name:
+        raise ValueError(f"{argument} must be a hub id or a local path, got {name!r}")
+    expanded = os.path.expanduser(name)
+    if os.path.exists(expanded):
+        return os.path.abspath(expanded)
+    if looks_local(name):
+        raise ValueError(f"{argument}={name!r} looks like a local path but does not exist "
+                         f"(resolved to {os.path.abspath(expanded)!r}); hub ids look like 'org/name'")
+    return name
+
+
+def resolve_reference(argument: str, name: str | None, folder: str) -> str | None:
+    """A base-model reference read from the config in ``folder``: ``./x`` / ``../x`` are relative to
+    ``folder``, absolute paths are kept (older folders), anything else is a hub id."""
+    if name is None:
+        return None
+    if name.startswith(("./", "../", ".\\", "..\\")) or name in (".", ".."):
+        path = os.path.normpath(os.path.join(folder, name))
+        if not os.path.exists(path):
+            raise ValueError(f"{argument}={name!r} in {folder!r} points to {path!r}, which does not exist "
+                             f"(was the model folder moved without its base models?)")
+        return path
+    if os.path.isabs(name) and not os.path.exists(name):
+        raise ValueError(f"{argument}={name!r} in {folder!r} does not exist (an absolute path written by an "
+                         f"older slotvlm; edit {CONFIG_NAME} or re-save the model)")
+    return name
+
+
+def relative_reference(name: str | None, folder: str) -> str | None:
+    """How ``name`` is written into ``folder``'s config: an existing local path relative to ``folder``
+    (``./clip``, ``../llm``), a hub id as given."""
+    if name is None or not os.path.exists(name):
+        return name
+    rel = os.path.relpath(os.path.abspath(name), os.path.abspath(folder)).replace(os.sep, "/")
+    return rel if rel.startswith("..") else "./" + rel
+
+
+class SlotVLMConfig(PreTrainedConfig):
     """Configuration of :class:`slotvlm.SlotVLM` and its connector.
 
     Base models
@@ -57,7 +119,13 @@ class SlotVLMConfig:
 
     Filled in from the base models by :meth:`SlotVLM.from_config`
         vision_hidden, llm_hidden, grid_size.
+
+    Provenance (written into the model card)
+        training: a list of ``{"stage", "branch", "data", "steps", ...}`` records, appended by
+            ``slotvlm train``-style tools; empty for an untrained connector.
     """
+
+    model_type = "slotvlm"
 
     vision_model: str = "openai/clip-vit-large-patch14"
     llm_model: str = "lmsys/vicuna-7b-v1.5"
@@ -82,18 +150,23 @@ class SlotVLMConfig:
     qformer_heads: int = 8
     fps: float = 1.0
     image_size: int = 224
-    conv_template: str = "vicuna_v1"
+    conv_template: str = "auto"
     vision_hidden: int | None = None
     llm_hidden: int | None = None
     grid_size: int | None = None
+    training: list = field(default_factory=list)
     extra: dict = field(default_factory=dict)
 
-    def __post_init__(self):
+    def __post_init__(self, **kwargs):
+        kwargs.pop("slotvlm_version", None)
+        super().__post_init__(**kwargs)
         self.validate()
 
     def validate(self) -> "SlotVLMConfig":
+        """Check every field; ``ValueError`` naming the field and the value."""
         check_choice("connector", self.connector, CONNECTORS)
         check_choice("event_encoder", self.event_encoder, EVENT_ENCODERS)
+        check_choice("conv_template", self.conv_template, TEMPLATE_CHOICES)
         for name in (
             "num_slow_frames", "pool_stride", "num_slots_slow", "num_slots_fast", "slot_dim",
             "slot_iters", "slot_hidden_dim", "proj_dim", "max_frames", "pooling_num_frames",
@@ -121,38 +194,72 @@ class SlotVLMConfig:
         )
 
     # ------------------------------------------------------------------ serialisation
-    def to_dict(self) -> dict:
-        return dataclasses.asdict(self)
+    @classmethod
+    def field_names(cls) -> list[str]:
+        """The Slot-VLM fields (not the ones every transformers config has)."""
+        base = {f.name for f in fields(PreTrainedConfig)}
+        return [f.name for f in fields(cls) if f.name not in base and not f.name.startswith("_")]
+
+    def slot_dict(self) -> dict:
+        """The Slot-VLM fields as a plain dict (what :meth:`replace` and the model card use)."""
+        return {k: getattr(self, k) for k in self.field_names()}
 
     @classmethod
-    def from_dict(cls, d: dict) -> "SlotVLMConfig":
+    def from_slot_dict(cls, d: dict) -> "SlotVLMConfig":
+        """Strict constructor from a dict of Slot-VLM fields: unknown keys are an error."""
         if not isinstance(d, dict):
             raise ValueError(f"config must be a dict, got {type(d).__name__}")
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(d) - known - {"model_type", "slotvlm_version"})
+        known = set(cls.field_names())
+        ignored = {f.name for f in fields(PreTrainedConfig)} | {"model_type", "slotvlm_version", "_name_or_path"}
+        unknown = sorted(set(d) - known - ignored)
         if unknown:
             raise ValueError(f"unknown SlotVLMConfig fields: {unknown}")
         return cls(**{k: v for k, v in d.items() if k in known})
 
-    def to_json(self) -> str:
-        from .. import __version__
-
-        return json.dumps({"model_type": "slotvlm", "slotvlm_version": __version__, **self.to_dict()}, indent=2)
-
     def save(self, directory: str) -> str:
+        """Write ``config.json`` into ``directory`` with local base-model paths made relative to it."""
+        from .. import __version__  # noqa: PLC0415
+
         os.makedirs(directory, exist_ok=True)
+        import transformers  # noqa: PLC0415
+
+        d = self.slot_dict()
+        for k in REFERENCE_FIELDS:
+            d[k] = relative_reference(d.get(k), directory)
+        d.update(model_type=self.model_type, architectures=["SlotVLM"], slotvlm_version=__version__,
+                 transformers_version=transformers.__version__)
         path = os.path.join(directory, CONFIG_NAME)
         with open(path, "w", encoding="utf-8") as f:
-            f.write(self.to_json() + "\n")
+            f.write(json.dumps(dict(sorted(d.items())), indent=2) + "\n")
         return path
+
+    def save_pretrained(self, save_directory, push_to_hub: bool = False, **kwargs):
+        """transformers' name for :meth:`save` (``push_to_hub`` is :meth:`SlotVLM.push_to_hub`'s job)."""
+        if push_to_hub:
+            raise ValueError("push a whole model with SlotVLM.push_to_hub, not its config alone")
+        self.save(str(save_directory))
 
     @classmethod
     def load(cls, directory: str) -> "SlotVLMConfig":
-        path = os.path.join(directory, CONFIG_NAME) if os.path.isdir(directory) else directory
+        """Read the config of a local model folder (``config.json``, or an older ``slotvlm_config.json``)
+        with relative base-model references resolved against the folder."""
+        directory = str(directory)
+        if os.path.isdir(directory):
+            path = os.path.join(directory, CONFIG_NAME)
+            if not os.path.isfile(path) and os.path.isfile(os.path.join(directory, LEGACY_CONFIG_NAME)):
+                path = os.path.join(directory, LEGACY_CONFIG_NAME)
+        else:
+            path, directory = directory, os.path.dirname(os.path.abspath(directory))
         if not os.path.isfile(path):
             raise ValueError(f"no Slot-VLM config at {path!r} (expected {CONFIG_NAME} in the model directory)")
         with open(path, encoding="utf-8") as f:
-            return cls.from_dict(json.load(f))
+            d = json.load(f)
+        if d.get("model_type", "slotvlm") != "slotvlm":
+            raise ValueError(f"{path!r} has model_type={d.get('model_type')!r}, not a Slot-VLM config")
+        for k in REFERENCE_FIELDS:
+            d[k] = resolve_reference(k, d.get(k), directory)
+        return cls.from_slot_dict(d)
 
     def replace(self, **changes) -> "SlotVLMConfig":
-        return dataclasses.replace(self, **changes)
+        """A copy with some fields changed."""
+        return type(self).from_slot_dict({**self.slot_dict(), **changes})

@@ -1,28 +1,38 @@
 """``SlotVLM``: frozen CLIP vision tower → trainable connector → frozen causal LLM.
 
-Example::
+A transformers ``PreTrainedModel`` registered with ``AutoConfig`` / ``AutoModel`` (model type
+``slotvlm``). A saved model is small: ``config.json`` (sizes + references to the base models, hub ids
+or paths relative to the folder), ``connector.safetensors`` (the trainable weights) and ``README.md``
+(a generated model card). Example::
 
     from slotvlm import SlotVLM, SlotVLMConfig
     model = SlotVLM.from_config(SlotVLMConfig())            # CLIP ViT-L/14 + Vicuna-7B, fresh slots
     print(model.answer("clip.mp4", "What is the man doing?"))
-    model.save_pretrained("out/")                           # connector weights + config only
-    model = SlotVLM.from_pretrained("out/")
+    model.save_pretrained("out/")                           # config + connector weights + model card
+    model = SlotVLM.from_pretrained("out/")                 # or a hub id: "org/slotvlm-7b"
+    model.push_to_hub("org/slotvlm-7b")
 """
 from __future__ import annotations
 
 import importlib.util
+import json
 import os
 from typing import Sequence
 
 import torch
 from torch import nn
+from transformers import AutoConfig, AutoModel, PreTrainedModel
 
 from .._checks import check_tensor, describe
 from ..conversation import VIDEO_TOKEN, get_template
-from .config import CONFIG_NAME, WEIGHTS_NAME, SlotVLMConfig
+from .config import (
+    CONFIG_NAME, LEGACY_CONFIG_NAME, REFERENCE_FIELDS, WEIGHTS_NAME, SlotVLMConfig, check_reference, looks_local,
+    resolve_reference,
+)
 from .slowfast import build_connector
 
 IGNORE_INDEX = -100
+CARD_NAME = "README.md"
 
 _DTYPES = {
     "float32": torch.float32, "fp32": torch.float32, "float": torch.float32,
@@ -62,26 +72,81 @@ def _llm_attn_implementation(device: torch.device, dtype: torch.dtype) -> str:
     return "sdpa"
 
 
-def _local_or_id(name: str) -> str:
-    return os.path.abspath(name) if os.path.isdir(name) else name
+def resolve_model_folder(name, *, revision: str | None = None, cache_dir=None, token=None,
+                         local_files_only: bool | None = None) -> str:
+    """A local Slot-VLM folder for ``name``: the folder itself, or the hub snapshot of the repo ``name``
+    (config, connector weights, model card, and any base model the config keeps inside the repo as
+    ``./sub``), downloaded once into the huggingface_hub cache. ``HF_HUB_OFFLINE=1`` or
+    ``local_files_only=True`` uses the cache only. A name that looks like a local path
+    (:func:`~slotvlm.model.config.looks_local`) and does not exist is a ``ValueError`` at once."""
+    name = os.fspath(name)
+    if os.path.isdir(name):
+        if not any(os.path.isfile(os.path.join(name, n)) for n in (CONFIG_NAME, LEGACY_CONFIG_NAME)):
+            raise ValueError(f"model={name!r} is not a Slot-VLM model directory (no {CONFIG_NAME})")
+        return name
+    if looks_local(name) or os.path.exists(name):
+        raise ValueError(f"model={name!r} looks like a local path but is not an existing directory "
+                         f"(resolved to {os.path.abspath(os.path.expanduser(name))!r}); hub ids look like 'org/name'")
+    from huggingface_hub import hf_hub_download, snapshot_download  # noqa: PLC0415
+    from huggingface_hub.errors import HFValidationError  # noqa: PLC0415
+
+    hub = dict(revision=revision, cache_dir=cache_dir, token=token)
+    if local_files_only:
+        hub["local_files_only"] = True
+    try:
+        with open(hf_hub_download(name, CONFIG_NAME, **hub), encoding="utf-8") as f:
+            saved = json.load(f)
+        refs = [saved.get(k) for k in REFERENCE_FIELDS]
+        inside = [r[2:].rstrip("/") + "/*" for r in refs if isinstance(r, str) and r.startswith("./")]
+        return snapshot_download(name, allow_patterns=[CONFIG_NAME, WEIGHTS_NAME, CARD_NAME, *inside], **hub)
+    except HFValidationError as exc:
+        raise ValueError(f"model={name!r} is neither a local folder nor a valid hub id ({exc})") from None
+    except (OSError, ValueError) as exc:  # not found, offline without a cached copy, no access
+        raise ValueError(f"model={name!r}: not a local folder, and the hub gave no Slot-VLM there "
+                         f"({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''})") from exc
 
 
-class SlotVLM(nn.Module):
+def _load_base_models(cfg: SlotVLMConfig, device: torch.device, dtype: torch.dtype, hub: dict):
+    from transformers import AutoModelForCausalLM, AutoTokenizer, CLIPVisionModel  # noqa: PLC0415
+
+    load = {_dtype_kwarg(): dtype, **hub}
+    if device.type == "cuda" and importlib.util.find_spec("accelerate"):
+        load["device_map"] = {"": str(device)}  # straight onto the GPU, no full copy in host memory
+    vision = CLIPVisionModel.from_pretrained(cfg.vision_model, **load, attn_implementation="sdpa")
+    llm = AutoModelForCausalLM.from_pretrained(
+        cfg.llm_model, **load, attn_implementation=_llm_attn_implementation(device, dtype)
+    )
+    tokenizer = AutoTokenizer.from_pretrained(cfg.tokenizer or cfg.llm_model, **hub)
+    if tokenizer.pad_token_id is None:
+        tokenizer.pad_token = tokenizer.unk_token if tokenizer.unk_token is not None else tokenizer.eos_token
+    return vision, llm, tokenizer
+
+
+class SlotVLM(PreTrainedModel):
     """A Slot-VLM: ``vision`` (CLIPVisionModel, frozen) → ``connector`` (trainable) → ``llm`` (frozen).
 
     Attributes: ``config`` (:class:`SlotVLMConfig`), ``vision``, ``llm``, ``tokenizer``,
-    ``connector`` (:class:`SlowFastSlots` or a baseline). The connector is kept in fp32; its
-    output is cast to the LLM's dtype.
+    ``connector`` (:class:`SlowFastSlots` or a baseline), ``conversation`` (the prompt template: the
+    tokenizer's chat template when it has one, else Vicuna v1). The connector is kept in fp32; its
+    output is cast to the LLM's dtype. Build one with :meth:`from_config` (fresh connector) or
+    :meth:`from_pretrained` (a saved folder or a hub id; ``transformers.AutoModel`` does the same).
     """
 
-    def __init__(self, config: SlotVLMConfig, vision: nn.Module, llm: nn.Module, tokenizer, connector: nn.Module):
-        super().__init__()
-        self.config = config
+    config_class = SlotVLMConfig
+    base_model_prefix = "slotvlm"
+    main_input_name = "pixel_values"
+
+    def __init__(self, config: SlotVLMConfig, vision: nn.Module | None = None, llm: nn.Module | None = None,
+                 tokenizer=None, connector: nn.Module | None = None):
+        if vision is None or llm is None or tokenizer is None or connector is None:
+            raise ValueError("SlotVLM needs its vision tower, LLM, tokenizer and connector: build it with "
+                             "SlotVLM.from_config(config) or SlotVLM.from_pretrained(folder_or_hub_id)")
+        super().__init__(config)
         self.vision = vision
         self.llm = llm
         self.tokenizer = tokenizer
         self.connector = connector
-        self.conversation = get_template(config.conv_template)
+        self.conversation = get_template(config.conv_template, tokenizer)
         for module in (self.vision, self.llm):
             module.requires_grad_(False)
             module.eval()
@@ -89,7 +154,7 @@ class SlotVLM(nn.Module):
     # ------------------------------------------------------------------ construction
     @classmethod
     def from_config(cls, config: SlotVLMConfig | dict, device=None, dtype=None, *, backend: str | None = None,
-                    seed: int | None = None) -> "SlotVLM":
+                    seed: int | None = None, **hub) -> "SlotVLM":
         """Load the base models named by ``config`` (hub id or local path) and build a fresh connector.
 
         Args:
@@ -97,26 +162,16 @@ class SlotVLM(nn.Module):
             dtype: dtype of the frozen base models (default bf16 on CUDA, fp32 on CPU).
             backend: slot-attention backend (``"auto"``/``"torch"``/``"triton"``, default ``$SLOTVLM_BACKEND``).
             seed: seed for the connector's initialisation (default: the global RNG).
+            hub: ``cache_dir``, ``token``, ``local_files_only`` for base models given by hub id.
         """
-        from transformers import AutoModelForCausalLM, AutoTokenizer, CLIPVisionModel  # noqa: PLC0415
-
-        cfg = SlotVLMConfig.from_dict(config) if isinstance(config, dict) else config.replace()
+        cfg = SlotVLMConfig.from_slot_dict(config) if isinstance(config, dict) else config.replace()
         cfg.validate()
         device, dtype = resolve_device_dtype(device, dtype)
-        cfg.vision_model = _local_or_id(cfg.vision_model)
-        cfg.llm_model = _local_or_id(cfg.llm_model)
+        cfg.vision_model = check_reference("vision_model", cfg.vision_model)
+        cfg.llm_model = check_reference("llm_model", cfg.llm_model)
         if cfg.tokenizer is not None:
-            cfg.tokenizer = _local_or_id(cfg.tokenizer)
-        load = {_dtype_kwarg(): dtype}
-        if device.type == "cuda" and importlib.util.find_spec("accelerate"):
-            load["device_map"] = {"": str(device)}  # straight onto the GPU, no full copy in host memory
-        vision = CLIPVisionModel.from_pretrained(cfg.vision_model, **load, attn_implementation="sdpa")
-        llm = AutoModelForCausalLM.from_pretrained(
-            cfg.llm_model, **load, attn_implementation=_llm_attn_implementation(device, dtype)
-        )
-        tokenizer = AutoTokenizer.from_pretrained(cfg.tokenizer or cfg.llm_model)
-        if tokenizer.pad_token_id is None:
-            tokenizer.pad_token = tokenizer.unk_token if tokenizer.unk_token is not None else tokenizer.eos_token
+            cfg.tokenizer = check_reference("tokenizer", cfg.tokenizer)
+        vision, llm, tokenizer = _load_base_models(cfg, device, dtype, {k: v for k, v in hub.items() if v is not None})
 
         vc = vision.config
         if vc.image_size % vc.patch_size:
@@ -138,31 +193,138 @@ class SlotVLM(nn.Module):
         return model
 
     @classmethod
-    def from_pretrained(cls, directory: str, device=None, dtype=None, *, backend: str | None = None) -> "SlotVLM":
-        """Restore a model written by :meth:`save_pretrained`: the base models are loaded by the id/path
-        its config names, the connector from ``connector.safetensors``."""
+    def from_pretrained(cls, pretrained_model_name_or_path, *model_args, device=None, dtype=None,
+                        backend: str | None = None, config: SlotVLMConfig | None = None, revision: str | None = None,
+                        cache_dir=None, token=None, local_files_only: bool | None = None, **kwargs) -> "SlotVLM":
+        """Restore a model written by :meth:`save_pretrained`, from a local folder or a hub id.
+
+        Args:
+            pretrained_model_name_or_path: a folder (``config.json`` + ``connector.safetensors``; folders
+                of slotvlm 0.1 with ``slotvlm_config.json`` load too) or a hub repo id (downloaded once
+                into the huggingface_hub cache; ``HF_HUB_OFFLINE=1`` reads the cache only).
+            device, dtype, backend: as in :meth:`from_config` (``torch_dtype`` is accepted for ``dtype``).
+            config: a :class:`SlotVLMConfig` to use instead of the saved one (``AutoModel`` passes it).
+            revision, cache_dir, token, local_files_only: huggingface_hub download options.
+
+        The base models are loaded from the references in the config: hub ids through the cache,
+        ``./x`` / ``../x`` relative to the model folder (so a moved or copied folder still loads).
+        """
         from safetensors.torch import load_file  # noqa: PLC0415
 
-        if not os.path.isdir(directory) or not os.path.isfile(os.path.join(directory, CONFIG_NAME)):
-            raise ValueError(f"directory={directory!r} is not a Slot-VLM model directory (no {CONFIG_NAME})")
-        cfg = SlotVLMConfig.load(directory)
-        model = cls.from_config(cfg, device=device, dtype=dtype, backend=backend)
-        weights = os.path.join(directory, WEIGHTS_NAME)
+        dtype = dtype if dtype is not None else kwargs.pop("torch_dtype", None)
+        device_map = kwargs.pop("device_map", None)  # transformers' spelling: one device only
+        if device is None and isinstance(device_map, (str, torch.device)):
+            device = device_map
+        elif device_map is not None and not isinstance(device_map, (str, torch.device)):
+            raise ValueError(f"device_map={device_map!r}: a Slot-VLM loads onto one device, pass device='cuda:0'")
+        device = None if device == "auto" else device
+        dtype = None if dtype == "auto" else dtype
+        kwargs.pop("trust_remote_code", None)
+        kwargs.pop("adapter_kwargs", None)
+        kwargs.pop("_from_auto", None)
+        if model_args or kwargs:
+            raise ValueError(f"SlotVLM.from_pretrained got unexpected arguments: {list(model_args)} {sorted(kwargs)}")
+        folder = resolve_model_folder(pretrained_model_name_or_path, revision=revision, cache_dir=cache_dir,
+                                      token=token, local_files_only=local_files_only)
+        if isinstance(config, SlotVLMConfig):
+            d = config.slot_dict()
+            for k in REFERENCE_FIELDS:
+                d[k] = resolve_reference(k, d[k], folder)
+            cfg = SlotVLMConfig.from_slot_dict(d)
+        else:
+            cfg = SlotVLMConfig.load(folder)
+        hub = dict(cache_dir=cache_dir, token=token, local_files_only=local_files_only)
+        model = cls.from_config(cfg, device=device, dtype=dtype, backend=backend, **hub)
+        weights = os.path.join(folder, WEIGHTS_NAME)
         if not os.path.isfile(weights):
-            raise ValueError(f"directory={directory!r} has a config but no {WEIGHTS_NAME}")
+            raise ValueError(f"model={pretrained_model_name_or_path!r} has a config but no {WEIGHTS_NAME}")
         state = load_file(weights, device=str(next(model.connector.parameters()).device))
         model.connector.load_state_dict(state, strict=True)
+        model.config.name_or_path = str(pretrained_model_name_or_path)
         return model
 
-    def save_pretrained(self, directory: str) -> str:
-        """Write ``slotvlm_config.json`` and ``connector.safetensors`` (the trainable parts only)."""
+    def save_pretrained(self, save_directory, *, push_to_hub: bool = False, license: str | None = None,
+                        **kwargs) -> str:
+        """Write ``config.json`` (local base-model paths relative to the folder), ``connector.safetensors``
+        (the trainable parts only) and ``README.md`` (the model card, see :meth:`model_card`).
+
+        If the folder holds a ``train_args.json`` of ``slotvlm train``, the stage it describes is
+        appended to ``config.training`` (and so to the card). Other keywords of transformers'
+        ``save_pretrained`` (``max_shard_size``, ``safe_serialization``...) are accepted and ignored:
+        the connector is one small safetensors file.
+        """
         from safetensors.torch import save_file  # noqa: PLC0415
 
+        if push_to_hub:
+            raise ValueError("use model.push_to_hub(repo_id) to upload")
+        directory = os.fspath(save_directory)
         os.makedirs(directory, exist_ok=True)
+        record = _training_record(directory)
+        if record is not None and (not self.config.training or self.config.training[-1] != record):
+            self.config.training = [*self.config.training, record]
         self.config.save(directory)
         state = {k: v.detach().to("cpu").contiguous() for k, v in self.connector.state_dict().items()}
         save_file(state, os.path.join(directory, WEIGHTS_NAME), metadata={"format": "pt"})
+        with open(os.path.join(directory, CARD_NAME), "w", encoding="utf-8") as f:
+            f.write(self.model_card(license=license, folder=directory))
         return directory
+
+    def model_card(self, license: str | None = None, folder: str | None = None, repo_id: str | None = None) -> str:
+        """The model card (``README.md``): YAML front matter (``base_model`` hub ids, ``tags``,
+        ``license``, ``library_name``, ``pipeline_tag``) and a body with the base models, the token
+        budget, the connector sizes, the training stages and data, and how to load it."""
+        from .card import render_model_card  # noqa: PLC0415
+
+        n = sum(p.numel() for p in self.connector.parameters())
+        return render_model_card(self.config, trainable_params=n, license=license, folder=folder, repo_id=repo_id)
+
+    def push_to_hub(self, repo_id: str, *, commit_message: str = "Upload Slot-VLM", private: bool | None = None,
+                    token: str | None = None, revision: str | None = None, create_pr: bool = False,
+                    license: str | None = None, api=None) -> str:
+        """Upload what :meth:`save_pretrained` writes (config, connector weights, model card) to the hub
+        repo ``repo_id`` (created if missing) in one commit; returns the commit URL.
+
+        Base models given by hub id are referenced, not uploaded. Base models in local folders (e.g.
+        the tiny ones of ``slotvlm init --tiny``) are uploaded into the repo as ``vision/``, ``llm/``
+        (and ``tokenizer/``) and referenced as ``./vision`` etc., so ``from_pretrained(repo_id)``
+        finds them. ``api``: a ``huggingface_hub.HfApi`` (default: one for ``$HF_ENDPOINT`` and ``token``).
+        """
+        import tempfile  # noqa: PLC0415
+
+        from huggingface_hub import CommitOperationAdd, HfApi  # noqa: PLC0415
+
+        api = api if api is not None else HfApi(token=token)
+        repo_id = api.create_repo(repo_id, private=private, token=token, exist_ok=True).repo_id
+        cfg = self.config
+        saved = {k: getattr(cfg, k) for k in REFERENCE_FIELDS}
+        with tempfile.TemporaryDirectory() as tmp:
+            try:
+                links: dict[str, str] = {}
+                for k, sub in zip(REFERENCE_FIELDS, ("vision", "llm", "tokenizer")):
+                    ref = saved[k]
+                    if ref is None or not os.path.isdir(ref):
+                        continue
+                    real = os.path.realpath(ref)
+                    if real not in links:  # the LLM folder usually holds the tokenizer too
+                        links[real] = os.path.join(tmp, sub)
+                        os.symlink(real, links[real], target_is_directory=True)
+                    setattr(cfg, k, links[real])
+                self.save_pretrained(tmp, license=license)
+                with open(os.path.join(tmp, CARD_NAME), "w", encoding="utf-8") as f:
+                    f.write(self.model_card(license=license, folder=tmp, repo_id=repo_id))
+            finally:
+                for k, v in saved.items():
+                    setattr(cfg, k, v)
+            ops = []
+            for root, _, files in os.walk(tmp, followlinks=True):
+                for name in sorted(files):
+                    path = os.path.join(root, name)
+                    rel = os.path.relpath(path, tmp).replace(os.sep, "/")
+                    if not rel.startswith(".") and "/." not in rel:  # skip .cache/, .gitattributes...
+                        ops.append(CommitOperationAdd(path_in_repo=rel, path_or_fileobj=path))
+            info = api.create_commit(repo_id, ops, commit_message=commit_message, token=token, revision=revision,
+                                     create_pr=create_pr)
+        return str(getattr(info, "commit_url", info))
 
     def train(self, mode: bool = True) -> "SlotVLM":
         """Only the connector changes mode; the frozen base models stay in eval mode."""
@@ -266,7 +428,7 @@ class SlotVLM(nn.Module):
         embed = self.llm.get_input_embeddings()
         dev, dtype = embed.weight.device, embed.weight.dtype
         video_embeds = video_embeds.to(dev, dtype)
-        bos = [tok.bos_token_id] if tok.bos_token_id is not None else []
+        bos = [tok.bos_token_id] if tok.bos_token_id is not None and not self.conversation.includes_bos else []
         seqs, labels = [], []
         for i, q in enumerate(questions):
             prompt = self.conversation.prompt(q, history[i] if history is not None else None)
@@ -335,6 +497,54 @@ class SlotVLM(nn.Module):
         out = self.llm.generate(**inputs, **kwargs)
         return [t.strip() for t in tok.batch_decode(out, skip_special_tokens=True)]
 
+    def stream(self, video_embeds: torch.Tensor, question: str, max_new_tokens: int = 64, do_sample: bool = False,
+               *, history=None, **gen_kwargs):
+        """Like :meth:`generate` for one video and one question, but yields the answer's text in pieces
+        as the LLM produces them (``transformers.TextIteratorStreamer``; generation runs in a thread).
+        ``video_embeds [1, L, H]``; ``history``: earlier ``(question, answer)`` turns of this video.
+        The pieces joined and stripped equal ``generate(...)[0]``."""
+        import threading  # noqa: PLC0415
+
+        from transformers import TextIteratorStreamer  # noqa: PLC0415
+
+        check_tensor("video_embeds", video_embeds, shape=(1, None, None), floating=True)
+        inputs = self.build_inputs(video_embeds, [question], history=[list(history or [])])
+        tok = self.tokenizer
+        streamer = TextIteratorStreamer(tok, skip_prompt=True, skip_special_tokens=True)
+        kwargs = dict(max_new_tokens=max_new_tokens, do_sample=do_sample, pad_token_id=tok.pad_token_id,
+                      eos_token_id=tok.eos_token_id, streamer=streamer)
+        if not do_sample:
+            kwargs.update(temperature=None, top_p=None, top_k=None)
+        kwargs.update(gen_kwargs)
+        from transformers import StoppingCriteria, StoppingCriteriaList  # noqa: PLC0415
+
+        stop = threading.Event()  # set when the reader stops early (break, closed generator)
+
+        class _ReaderGone(StoppingCriteria):
+            def __call__(self, input_ids, scores, **_):
+                return torch.full((input_ids.shape[0],), stop.is_set(), dtype=torch.bool, device=input_ids.device)
+
+        kwargs["stopping_criteria"] = StoppingCriteriaList([*(kwargs.get("stopping_criteria") or []), _ReaderGone()])
+        errors: list[BaseException] = []
+
+        def work():
+            try:
+                with torch.no_grad():
+                    self.llm.generate(**inputs, **kwargs)
+            except BaseException as exc:  # noqa: BLE001 - re-raised in the caller's thread
+                errors.append(exc)
+                streamer.end()
+
+        thread = threading.Thread(target=work, daemon=True)
+        thread.start()
+        try:
+            yield from streamer
+        finally:
+            stop.set()
+            thread.join()
+        if errors:
+            raise errors[0]
+
     def load_video(self, path: str, max_frames: int | None = None) -> torch.Tensor:
         """Decode ``path`` at ``config.fps`` → CLIP-ready ``[T, 3, S, S]``."""
         from ..video import load_video, preprocess  # noqa: PLC0415
@@ -352,3 +562,25 @@ class SlotVLM(nn.Module):
             raise ValueError(f"video must have shape [T, 3, S, S], got {describe(video)}")
         embeds = self.encode_video([video])
         return self.generate(embeds, [question], **gen)[0]
+
+
+def _training_record(directory: str) -> dict | None:
+    """What ``slotvlm train`` left in ``directory/train_args.json``, reduced to the card's fields."""
+    path = os.path.join(directory, "train_args.json")
+    if not os.path.isfile(path):
+        return None
+    try:
+        with open(path, encoding="utf-8") as f:
+            args = json.load(f)
+    except (OSError, ValueError):
+        return None
+    keep = ("stage", "branch", "data", "features", "epochs", "max_steps", "lr", "batch_size", "seed", "world_size")
+    rec = {k: args.get(k) for k in keep if args.get(k) is not None}
+    stats = args.get("data_stats")
+    if isinstance(stats, dict):
+        rec["data_stats"] = {k: v for k, v in stats.items() if isinstance(v, (int, float, str))}
+    return rec
+
+
+AutoConfig.register("slotvlm", SlotVLMConfig, exist_ok=True)
+AutoModel.register(SlotVLMConfig, SlotVLM, exist_ok=True)

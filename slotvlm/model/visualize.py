@@ -1,16 +1,23 @@
-"""Pictures of what the slots attend to (the paper's Figures 3 and 4), drawn with PIL.
+"""Pictures of what the slots attend to (the paper's Figures 3 and 4), drawn with matplotlib.
 
-Layout of :func:`render_slots` (width ``t_d · cell``):
+:func:`figure_for_video` returns one labelled figure with two parts:
 
-- object section (when the object branch is on): one column per sampled frame; row 0 the frame
-  (the centre crop CLIP sees), row 1 each patch coloured by its winning slot, rows 2 … N_s+1 the
-  frame lit by one slot's attention mask;
-- event section (when the event branch is on): a strip of ``strip_h`` pixels with thumbnails of all
-  T frames along time, then for each of the (G/s)² pooled positions a white ``GAP``-pixel band
-  labelled with the position, and a block of N_f rows (one per event slot, ``ROW_H`` pixels each,
-  the slot's colour × its attention over time, time running left to right).
+- **object slots** (slow branch): one row per sampled frame (``t_d`` = 8), labelled with its frame
+  number and time in seconds; column 1 the frame (the centre crop CLIP sees), column 2 the frame
+  with every patch coloured by its winning slot (argmax over slots), then one column per slot: the
+  frame under that slot's attention mask (softmax over slots, 0..1). A legend gives the slot colours.
+- **event slots** (fast branch): a strip of all T frames along the time axis, then for each of the
+  (G/s)² pooled positions an ``N_f × T`` map of the event slots' attention over time (x: seconds,
+  y: slot), with one colour bar.
+
+A branch the model does not have (``use_slow=False`` / ``use_fast=False``) is named in the figure
+and on stderr. ``matplotlib`` is an optional dependency (``pip install slotvlm[viz]``).
 """
 from __future__ import annotations
+
+import os
+import sys
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -19,8 +26,6 @@ PALETTE = np.array([
     (70, 240, 240), (240, 50, 230), (210, 245, 60), (250, 190, 212), (0, 128, 128), (220, 190, 255),
     (170, 110, 40), (255, 250, 200), (128, 0, 0), (170, 255, 195),
 ], dtype=np.float32)
-
-ROW_H, GAP, STRIP_H = 6, 12, 32
 
 
 def center_crop(frame: np.ndarray) -> np.ndarray:
@@ -31,96 +36,32 @@ def center_crop(frame: np.ndarray) -> np.ndarray:
     return frame[top : top + s, left : left + s]
 
 
-def _resize(img: np.ndarray, w: int, h: int, nearest: bool = False) -> np.ndarray:
-    from PIL import Image  # noqa: PLC0415
-
-    mode = Image.NEAREST if nearest else Image.BILINEAR
-    if img.dtype != np.uint8:
-        # float maps: resize each channel in float mode
-        chans = img[..., None] if img.ndim == 2 else img
-        out = [np.asarray(Image.fromarray(chans[..., c].astype(np.float32), mode="F").resize((w, h), mode))
-               for c in range(chans.shape[-1])]
-        out = np.stack(out, -1)
-        return out[..., 0] if img.ndim == 2 else out
-    return np.asarray(Image.fromarray(img).resize((w, h), mode))
+def slot_colors(n: int) -> np.ndarray:
+    """``[n, 3]`` RGB colours in 0..1 for slots 0..n-1 (the same colour in every panel)."""
+    return PALETTE[np.arange(n) % len(PALETTE)] / 255.0
 
 
-def _norm(m: np.ndarray) -> np.ndarray:
-    lo, hi = float(m.min()), float(m.max())
-    return (m - lo) / (hi - lo) if hi > lo else np.zeros_like(m)
+@dataclass
+class SlotMaps:
+    """What :func:`draw_slots` draws, from :func:`slot_maps`.
+
+    frames ``uint8 [T, H, W, 3]``, times ``[T]`` seconds; slow ``[t_d, N_s, G, G]`` object-slot
+    attention (None without the object branch) on frames ``slow_indices [t_d]``; fast
+    ``[P, N_f, T]`` event-slot attention per pooled position (None without the event branch);
+    notes: sentences about absent branches."""
+
+    frames: np.ndarray
+    times: np.ndarray
+    slow: np.ndarray | None
+    slow_indices: np.ndarray | None
+    fast: np.ndarray | None
+    title: str = ""
+    notes: list = field(default_factory=list)
 
 
-def image_size(t_d: int, num_slots_slow: int, positions: int, num_slots_fast: int, cell: int,
-               use_slow: bool = True, use_fast: bool = True) -> tuple[int, int]:
-    """``(width, height)`` of the picture :func:`render_slots` draws."""
-    h = (2 + num_slots_slow) * cell if use_slow else 0
-    if use_fast:
-        h += STRIP_H + positions * (num_slots_fast * ROW_H + GAP)
-    return t_d * cell, h
-
-
-def render_slots(frames: np.ndarray, slow_attn: np.ndarray | None, slow_indices: np.ndarray | None,
-                 fast_attn: np.ndarray | None, grid: int, t_d: int, cell: int = 96):
-    """Draw the slot masks; returns a ``PIL.Image`` (RGB).
-
-    Args:
-        frames: ``uint8 [T, H, W, 3]``, the video's sampled frames.
-        slow_attn: ``[t_d, N_s, G·G]`` object-slot attention, or None (object branch off).
-        slow_indices: ``[t_d]`` the frames the object branch used.
-        fast_attn: ``[P, N_f, T]`` event-slot attention per pooled position, or None.
-        grid: G, the patch grid side. t_d: object frames (sets the width). cell: tile size in px.
-    """
-    from PIL import Image  # noqa: PLC0415
-
-    frames = np.stack([_resize(np.ascontiguousarray(center_crop(f)), cell, cell) for f in np.asarray(frames)])
-    width = t_d * cell
-    sections = []
-    if slow_attn is not None:
-        n_s = slow_attn.shape[1]
-        block = np.zeros(((2 + n_s) * cell, width, 3), dtype=np.float32)
-        for j in range(t_d):
-            f = frames[int(slow_indices[j])].astype(np.float32)
-            a = slow_attn[j].reshape(n_s, grid, grid)
-            x0 = j * cell
-            block[:cell, x0 : x0 + cell] = f
-            winner = _resize(a.argmax(0).astype(np.uint8), cell, cell, nearest=True)
-            block[cell : 2 * cell, x0 : x0 + cell] = 0.45 * f + 0.55 * PALETTE[winner % len(PALETTE)]
-            for k in range(n_s):
-                m = _resize(_norm(a[k]).astype(np.float32), cell, cell)[..., None]
-                y0 = (2 + k) * cell
-                block[y0 : y0 + cell, x0 : x0 + cell] = f * (0.15 + 0.85 * m)
-        sections.append(block)
-    if fast_attn is not None:
-        p, n_f, t = fast_attn.shape
-        strip = np.concatenate([_resize(f, STRIP_H, STRIP_H) for f in frames], 1)
-        strip = _resize(strip, width, STRIP_H)
-        rows = [strip.astype(np.float32)]
-        for pos in range(p):
-            a = _norm(fast_attn[pos]).astype(np.float32)  # [N_f, T]
-            heat = a[:, :, None] * PALETTE[np.arange(n_f) % len(PALETTE)][:, None, :]  # [N_f, T, 3]
-            heat = np.stack([_resize(heat[..., c], width, n_f * ROW_H, nearest=True) for c in range(3)], -1)
-            rows += [np.full((GAP, width, 3), 255.0, dtype=np.float32), heat]
-        sections.append(np.concatenate(rows, 0))
-    img = Image.fromarray(np.concatenate(sections, 0).clip(0, 255).astype(np.uint8), mode="RGB")
-    if fast_attn is not None:
-        from PIL import ImageDraw  # noqa: PLC0415
-
-        draw = ImageDraw.Draw(img)
-        fg = int(round(fast_attn.shape[0] ** 0.5))
-        y = img.height - fast_attn.shape[0] * (GAP + fast_attn.shape[1] * ROW_H)
-        for pos in range(fast_attn.shape[0]):
-            label = f"event slots, position ({pos // fg}, {pos % fg}), time ->"
-            try:
-                draw.text((2, y - 1), label, fill=(0, 0, 0), font_size=GAP - 2)
-            except TypeError:  # Pillow < 10.1 has no font_size
-                draw.text((2, y - 1), label, fill=(0, 0, 0))
-            y += GAP + fast_attn.shape[1] * ROW_H
-    return img
-
-
-def visualize_video(model, video: str, out: str, cell: int = 96, max_frames: int | None = None):
-    """Decode ``video``, run ``model`` (a :class:`SlotVLM` with a SlowFast connector) and save the
-    picture to ``out`` (PNG). Returns the ``PIL.Image``."""
+def slot_maps(model, video, max_frames: int | None = None) -> SlotMaps:
+    """Decode ``video`` (a path) at the model's fps, run CLIP and the connector, and collect the
+    attention maps of a :class:`SlotVLM` with a slot (or Q-Former) connector."""
     import torch  # noqa: PLC0415
 
     from ..video import load_video, preprocess  # noqa: PLC0415
@@ -128,17 +69,170 @@ def visualize_video(model, video: str, out: str, cell: int = 96, max_frames: int
 
     if not isinstance(model.connector, SlowFastSlots):
         raise ValueError(f"visualize needs a slot connector, this model's connector is {model.config.connector!r}")
-    frames, _ = load_video(video, fps=model.config.fps, max_frames=max_frames or model.config.max_frames)
+    frames, times = load_video(video, fps=model.config.fps, max_frames=max_frames or model.config.max_frames)
     pixels = preprocess(frames, size=model.config.image_size)
-    frames = np.asarray(frames)  # the video runtime returns a uint8 tensor
     with torch.no_grad():
         feats = model.vision_features(pixels)
         _, info = model.encode_features([feats], return_attn=True)
 
-    def np_(x):
+    def first(x):
         return None if x is None else x[0].float().cpu().numpy()
 
-    img = render_slots(frames, np_(info.get("slow")), np_(info.get("slow_indices")), np_(info.get("fast")),
-                       grid=model.config.grid_size, t_d=model.config.num_slow_frames, cell=cell)
-    img.save(out)
-    return img
+    cfg, g = model.config, model.config.grid_size
+    slow = first(info.get("slow"))
+    if slow is not None:
+        slow = slow.reshape(slow.shape[0], slow.shape[1], g, g)
+    notes = []
+    if not cfg.use_slow:
+        notes.append("object branch absent: this model has use_slow=False (event slots only), "
+                     "so there are no object-slot masks to draw")
+    if not cfg.use_fast:
+        notes.append("event branch absent: this model has use_fast=False (object slots only, e.g. trained "
+                     "on the slow branch), so there are no event-slot maps to draw")
+    si = info.get("slow_indices")
+    title = (f"{os.path.basename(str(video))}: {len(times)} frames at {cfg.fps:g} fps — Slot-VLM "
+             f"{cfg.num_tokens} video tokens")
+    return SlotMaps(frames=np.asarray(frames), times=np.asarray(times, dtype=np.float64), slow=slow,
+                    slow_indices=None if si is None else first(si).astype(int), fast=first(info.get("fast")),
+                    title=title, notes=notes)
+
+
+def _note_axis(fig, text: str):
+    ax = fig.add_subplot(1, 1, 1)
+    ax.axis("off")
+    ax.text(0.5, 0.5, text, ha="center", va="center", fontsize=11, wrap=True,
+            bbox=dict(boxstyle="round", facecolor="#fff3cd", edgecolor="#c9a227"))
+    return ax
+
+
+def _draw_object(fig, m: SlotMaps, crops: np.ndarray) -> None:
+    from matplotlib.colors import ListedColormap  # noqa: PLC0415
+    from matplotlib.patches import Patch  # noqa: PLC0415
+
+    t_d, n_s = m.slow.shape[:2]
+    colors = slot_colors(n_s)
+    cmap = ListedColormap(colors)
+    axes = fig.subplots(t_d, n_s + 2, squeeze=False, gridspec_kw=dict(wspace=0.04, hspace=0.08))
+    box = (0, 1, 0, 1)
+    for j in range(t_d):
+        idx = int(m.slow_indices[j])
+        frame = crops[idx]
+        a = m.slow[j]
+        row = axes[j]
+        row[0].imshow(frame, extent=box)
+        row[0].set_ylabel(f"frame {idx}\nt = {m.times[idx]:.1f} s", rotation=0, ha="right", va="center", fontsize=8)
+        row[1].imshow(frame, extent=box)
+        row[1].imshow(a.argmax(0), cmap=cmap, vmin=-0.5, vmax=n_s - 0.5, alpha=0.55, interpolation="nearest",
+                      extent=box)
+        for k in range(n_s):
+            ax = row[2 + k]
+            ax.imshow(frame.mean(-1), cmap="gray", vmin=0, vmax=255, extent=box)
+            ax.imshow(a[k], cmap="magma", vmin=0.0, vmax=1.0, alpha=0.7, interpolation="bilinear", extent=box)
+        for ax in row:
+            ax.set_xticks([])
+            ax.set_yticks([])
+    axes[0][0].set_title("frame", fontsize=9)
+    axes[0][1].set_title("winning slot", fontsize=9)
+    for k in range(n_s):
+        axes[0][2 + k].set_title(f"slot {k}", fontsize=9, color=colors[k], fontweight="bold")
+    handles = [Patch(facecolor=colors[k], label=f"slot {k}") for k in range(n_s)]
+    fig.legend(handles=handles, loc="outside lower center", ncol=min(n_s, 8), fontsize=8, frameon=False,
+               title="object slot colours (winning slot per patch); slot columns: attention 0–1 (magma)",
+               title_fontsize=8)
+    fig.suptitle(f"Object slots: {n_s} slots on each of {t_d} sampled frames (rows; time in seconds)",
+                 fontsize=10, fontweight="bold")
+
+
+def _draw_event(fig, m: SlotMaps, crops: np.ndarray) -> None:
+    p, n_f, t = m.fast.shape
+    side = int(round(p ** 0.5))
+    cols = side if side * side == p else int(np.ceil(np.sqrt(p)))
+    rows = int(np.ceil(p / cols))
+    dt = float(np.median(np.diff(m.times))) if t > 1 else 1.0
+    x0, x1 = float(m.times[0]) - dt / 2, float(m.times[-1]) + dt / 2
+    gs = fig.add_gridspec(rows + 1, cols, height_ratios=[0.55] + [1.0] * rows)
+    strip_ax = fig.add_subplot(gs[0, :])
+    thumbs = np.concatenate([np.asarray(_thumb(c, 48)) for c in crops], 1)
+    strip_ax.imshow(thumbs, extent=(x0, x1, 0, 1), aspect="auto")
+    strip_ax.set_yticks([])
+    strip_ax.set_title(f"all {t} frames along time (s)", fontsize=9)
+    strip_ax.tick_params(labelsize=7)
+    im = None
+    for pos in range(p):
+        ax = fig.add_subplot(gs[1 + pos // cols, pos % cols])
+        im = ax.imshow(m.fast[pos], cmap="viridis", vmin=0.0, vmax=1.0, aspect="auto", interpolation="nearest",
+                       extent=(x0, x1, n_f - 0.5, -0.5))
+        ax.set_title(f"position ({pos // side}, {pos % side})" if side * side == p else f"position {pos}", fontsize=8)
+        ax.tick_params(labelsize=6)
+        ax.set_yticks(range(n_f))
+        if pos % cols == 0:
+            ax.set_ylabel("event slot", fontsize=7)
+        else:
+            ax.set_yticklabels([])
+        if pos // cols == rows - 1:
+            ax.set_xlabel("time (s)", fontsize=7)
+    fig.colorbar(im, ax=fig.axes[1:], shrink=0.6, label="attention (softmax over slots)")
+    fig.suptitle(f"Event slots: {n_f} slots per pooled position ({p} positions), attention over {t} frames",
+                 fontsize=10, fontweight="bold")
+
+
+def _thumb(frame: np.ndarray, size: int):
+    from PIL import Image  # noqa: PLC0415
+
+    return Image.fromarray(np.ascontiguousarray(frame)).resize((size, size), Image.BILINEAR)
+
+
+def draw_slots(m: SlotMaps, cell: int = 96):
+    """The figure for :class:`SlotMaps` (see the module docstring); ``cell``: pixels per frame tile
+    at the figure's 100 dpi. Returns a ``matplotlib.figure.Figure``."""
+    try:
+        from matplotlib.figure import Figure  # noqa: PLC0415
+    except ImportError as exc:  # pragma: no cover - depends on the environment
+        raise ImportError("visualize needs matplotlib: pip install 'slotvlm[viz]' (or pip install matplotlib)") from exc
+
+    crops = np.stack([center_crop(f) for f in m.frames])
+    tile = cell / 100.0
+    if m.slow is not None:
+        t_d, n_s = m.slow.shape[:2]
+        obj_w, obj_h = (n_s + 2) * tile + 1.2, t_d * tile + 1.3
+    else:
+        obj_w, obj_h = 8, 1.2
+    if m.fast is not None:
+        p = m.fast.shape[0]
+        rows = int(np.ceil(p / max(1, int(round(p ** 0.5)))))
+        ev_h = 1.6 + rows * max(1.3, 1.6 * tile)
+    else:
+        ev_h = 1.2
+    width = max(obj_w, 8.0)
+    fig = Figure(figsize=(width, obj_h + ev_h + 0.6), dpi=100, layout="constrained")
+    head, obj, ev = fig.subfigures(3, 1, height_ratios=[0.45, obj_h, ev_h])
+    head.text(0.5, 0.5, m.title or "Slot-VLM slots", ha="center", va="center", fontsize=12, fontweight="bold")
+    if m.slow is not None:
+        _draw_object(obj, m, crops)
+    else:
+        _note_axis(obj, next(n for n in m.notes if n.startswith("object")))
+    if m.fast is not None:
+        _draw_event(ev, m, crops)
+    else:
+        _note_axis(ev, next(n for n in m.notes if n.startswith("event")))
+    return fig
+
+
+def figure_for_video(model, video, max_frames: int | None = None, cell: int = 96):
+    """Decode ``video``, run ``model`` and return the labelled ``matplotlib`` Figure of its slots.
+    Absent branches are said in the figure and printed on stderr."""
+    m = slot_maps(model, video, max_frames=max_frames)
+    for note in m.notes:
+        print(f"slotvlm visualize: {note}", file=sys.stderr)
+    return draw_slots(m, cell=cell)
+
+
+def visualize_video(model, video: str, out: str, cell: int = 96, max_frames: int | None = None):
+    """Draw :func:`figure_for_video` and save it to ``out`` (PNG). Returns the written image as a
+    ``PIL.Image`` (RGB)."""
+    from PIL import Image  # noqa: PLC0415
+
+    fig = figure_for_video(model, video, max_frames=max_frames, cell=cell)
+    fig.savefig(out, format="png", dpi=100, facecolor="white")
+    with Image.open(out) as img:
+        return img.convert("RGB")

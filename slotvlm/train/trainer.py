@@ -131,11 +131,11 @@ def load_model(cfg: TrainConfig, device: torch.device):
     from safetensors.torch import load_file  # noqa: PLC0415
 
     from ..model import SlotVLM, SlotVLMConfig  # noqa: PLC0415
-    from ..model.config import CONFIG_NAME, WEIGHTS_NAME  # noqa: PLC0415
+    from ..model.config import CONFIG_NAME, LEGACY_CONFIG_NAME, WEIGHTS_NAME  # noqa: PLC0415
     from ..model.modeling import parse_dtype  # noqa: PLC0415
 
     for d in cfg.model:
-        if not os.path.isfile(os.path.join(d, CONFIG_NAME)):
+        if not any(os.path.isfile(os.path.join(d, n)) for n in (CONFIG_NAME, LEGACY_CONFIG_NAME)):
             raise ValueError(f"model={d!r} is not a Slot-VLM model folder (no {CONFIG_NAME}); create one with `slotvlm init`")
     base = SlotVLMConfig.load(cfg.model[0])
     if base.connector != "slowfast" and cfg.stage == 1:
