@@ -13,6 +13,7 @@ this project's tests).
 """
 from __future__ import annotations
 
+import functools
 import math
 import os
 from fractions import Fraction
@@ -21,7 +22,13 @@ import numpy as np
 import torch
 
 from slotvlm._ext import ops
-from slotvlm.ops.video_ref import check_slowfast_args, slowfast_pool_ref
+from slotvlm.ops.video_ref import (
+    check_slowfast_args,
+    normalize_table,
+    resample_taps,
+    shortest_edge_size,
+    slowfast_pool_ref,
+)
 
 __all__ = [
     "CLIP_MEAN",
@@ -151,14 +158,63 @@ def _slowfast_backward(ctx, grad_slow, grad_fast):
 
 
 def _register_python_kernels() -> None:
-    # CUDA through the torch reference (avg_pool2d + index_select run on the GPU); fake kernels so
-    # that torch.compile can trace both ops; the backward of slowfast_pool.
+    # CUDA through the torch reference (avg_pool2d + index_select run on the GPU) and the Triton
+    # pre-processing kernels; fake kernels so that torch.compile can trace both ops; the backward
+    # of slowfast_pool.
     torch.library.impl("slotvlm::slowfast_pool", "CUDA", _slowfast_pool_other_device)
+    torch.library.impl("slotvlm::clip_preprocess", "CUDA", clip_preprocess_triton)
     for name, fn in (("slotvlm::slowfast_pool", _slowfast_pool_fake), ("slotvlm::clip_preprocess", _clip_preprocess_fake)):
         torch.library.register_fake(name, fn)
     torch.library.register_autograd(
         "slotvlm::slowfast_pool", _slowfast_backward, setup_context=_slowfast_setup_context
     )
+
+
+@functools.lru_cache(maxsize=64)
+def _taps(in_size: int, out_size: int, out0: int, count: int, device: str):
+    return tuple(t.to(device) for t in resample_taps(in_size, out_size, out0, count))
+
+
+@functools.lru_cache(maxsize=16)
+def _lut(mean: tuple, std: tuple, scale: float, dtype: torch.dtype, device: str) -> torch.Tensor:
+    return normalize_table(mean, std, scale).to(device=device, dtype=dtype)
+
+
+def clip_preprocess_triton(frames: torch.Tensor, size: int, crop_size: int, mean, std, scale: float,
+                           dtype: torch.dtype) -> torch.Tensor:
+    """The GPU path of ``torch.ops.slotvlm.clip_preprocess`` (registered for CUDA tensors): the
+    Triton kernels of ``kernels/clip_preprocess.py``, the same integer arithmetic as the C++ op, so
+    the output is bit-identical to it. uint8 ``[T, H, W, 3]`` → ``[T, 3, crop_size, crop_size]`` in
+    ``dtype``, on the frames' device (CPU tensors only under ``TRITON_INTERPRET=1``)."""
+    if not isinstance(frames, torch.Tensor) or frames.dim() != 4 or frames.shape[3] != 3:
+        raise ValueError(f"clip_preprocess: frames must be a uint8 tensor of shape [T, H, W, 3], got "
+                         f"{getattr(frames, 'shape', type(frames).__name__)}")
+    if frames.dtype != torch.uint8:
+        raise ValueError(f"clip_preprocess: frames must have dtype uint8, got {frames.dtype}")
+    T, H, W, _ = frames.shape
+    if H <= 0 or W <= 0:
+        raise ValueError(f"clip_preprocess: frames must have H > 0 and W > 0, got shape {tuple(frames.shape)}")
+    if not 0 < size <= 16384:
+        raise ValueError(f"clip_preprocess: size must be in [1, 16384], got {size}")
+    if not 0 < crop_size <= size:
+        raise ValueError(f"clip_preprocess: crop_size must be in [1, size={size}], got {crop_size}")
+    if dtype not in (torch.float32, torch.float64, torch.float16, torch.bfloat16):
+        raise ValueError(f"clip_preprocess: dtype must be float32, float64, float16 or bfloat16, got {dtype}")
+    if len(mean) != 3 or len(std) != 3 or any(not math.isfinite(s) or s == 0 for s in std):
+        raise ValueError(f"clip_preprocess: mean and std must have 3 values, std finite and non-zero, got {mean}, {std}")
+    rh, rw = shortest_edge_size(H, W, size)
+    if rh < crop_size or rw < crop_size:
+        raise ValueError(f"clip_preprocess: frames of size {H}x{W} resize to {rh}x{rw}, smaller than crop_size={crop_size}")
+    from kernels.clip_preprocess import clip_resample_fwd  # noqa: PLC0415  (imports triton)
+
+    dev = str(frames.device)
+    top, left = (rh - crop_size) // 2, (rw - crop_size) // 2
+    th = _taps(W, rw, left, crop_size, dev)
+    tv = _taps(H, rh, top, crop_size, dev)
+    row0 = int(tv[0][0])
+    rows = int(tv[0][-1] + tv[1][-1]) - row0
+    lut = _lut(tuple(float(m) for m in mean), tuple(float(s) for s in std), float(scale), dtype, dev)
+    return clip_resample_fwd(frames, th, tv, row0, rows, lut)
 
 
 _register_python_kernels()
@@ -202,7 +258,8 @@ def preprocess(
     multithreaded C++ op that computes only the cropped pixels.
 
     Args:
-        frames: uint8 ``[T, H, W, 3]`` RGB (torch tensor or numpy array, any strides, CPU).
+        frames: uint8 ``[T, H, W, 3]`` RGB (torch tensor or numpy array, any strides). CPU: the
+            fused C++ op; CUDA: Triton kernels on the GPU (same bytes), no copy to the host.
         size: the shortest side after resizing (224 for CLIP ViT-L/14).
         dtype: output dtype (float32, float64, float16 or bfloat16).
 
@@ -218,6 +275,8 @@ def preprocess(
     if not isinstance(dtype, torch.dtype):
         raise ValueError(f"preprocess: dtype must be a torch.dtype, got {dtype!r}")
     mean, std = [float(m) for m in mean], [float(s) for s in std]
+    if frames.is_cuda:  # the Triton kernels, no round trip through the CPU
+        return ops.clip_preprocess(frames, size, crop, mean, std, 1.0 / 255.0, dtype)
     device = frames.device
     out = ops.clip_preprocess(frames.cpu(), size, crop, mean, std, 1.0 / 255.0, dtype)
     return out.to(device)
