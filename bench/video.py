@@ -14,8 +14,8 @@
    frames/s are *source* frames per second of wall time (the clip's frame count / seconds), so a
    provider that seeks past frames shows it. ``index agreement``: the fraction of sampled source
    frame indices equal to ours; ``max|diff|``: the largest pixel difference to our frames where
-   the indices agree; ``peak RSS``: the largest growth of the process's resident memory during the
-   call (sampled every 2 ms). With ``--sparse K`` the long clips are also read with only ``K``
+   the indices agree; ``peak RSS``: how much one call raises a fresh process's peak resident
+   memory above what its imports took (``ru_maxrss``, measured in a separate process per provider). With ``--sparse K`` the long clips are also read with only ``K``
    frames spread over the video (``load_video(max_frames=K)``), where seeking matters.
 
 2. **CLIP pre-processing** of frames at 360p, 480p (480×854), 720p and 1080p: ``ours``
@@ -48,7 +48,6 @@ import re
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from fractions import Fraction
 from pathlib import Path
@@ -93,35 +92,6 @@ def loadavg() -> str:
         return " ".join(open("/proc/loadavg").read().split()[:3])
     except OSError:
         return "?"
-
-
-class PeakRSS:
-    """Largest growth of this process's resident set during the ``with`` block (MiB), sampled
-    every ``interval`` seconds by a thread (the kernel's high-water mark cannot be reset)."""
-
-    def __init__(self, interval: float = 0.002):
-        self.interval, self.peak_mb = interval, 0.0
-        self._page = os.sysconf("SC_PAGE_SIZE") / 2**20
-
-    def _rss(self) -> float:
-        with open("/proc/self/statm") as f:
-            return int(f.read().split()[1]) * self._page
-
-    def _run(self):
-        while not self._stop.is_set():
-            self.peak_mb = max(self.peak_mb, self._rss() - self._base)
-            self._stop.wait(self.interval)
-
-    def __enter__(self):
-        self._base, self._stop = self._rss(), threading.Event()
-        self._t = threading.Thread(target=self._run, daemon=True)
-        self._t.start()
-        return self
-
-    def __exit__(self, *exc):
-        self.peak_mb = max(self.peak_mb, self._rss() - self._base)
-        self._stop.set()
-        self._t.join()
 
 
 def best_times(fns, repeat: int) -> list[float]:
@@ -186,7 +156,9 @@ def _probe(path) -> tuple[int, float]:
 
     with av.open(str(path)) as c:
         s = c.streams.video[0]
-        return s.frames, float(s.average_rate)
+        rate = float(s.average_rate)
+        n = s.frames or int(round(c.duration / 1e6 * rate))  # WebM stores no frame count
+        return n, rate
 
 
 def ours(path, fps_native, max_frames=None):
@@ -268,13 +240,40 @@ def decode_providers() -> tuple[dict, dict]:
     return have, skipped
 
 
+def rss_probe(provider: str, path: str, max_frames) -> int:
+    """Runs in a fresh process: one call of ``provider``; prints the growth of the peak resident
+    set over what the imports took (MiB)."""
+    import resource
+
+    import torch  # noqa: F401  (imports are not the call's memory)
+
+    import slotvlm.video  # noqa: F401
+
+    providers, _ = decode_providers()
+    fn = providers[provider]
+    n, rate = _probe(path)
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    fn(path, rate, max_frames)
+    after = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    print(json.dumps({"peak_rss_mb": (after - before) / 1024}))
+    return 0
+
+
+def peak_rss(provider: str, path: Path, max_frames) -> float | None:
+    cmd = [sys.executable, str(Path(__file__).resolve()), "--rss-probe", provider, str(path), str(max_frames or 0)]
+    try:
+        out = subprocess.run(cmd, capture_output=True, text=True, timeout=900, check=True).stdout
+        return json.loads(out.strip().splitlines()[-1])["peak_rss_mb"]
+    except (subprocess.SubprocessError, ValueError, IndexError, KeyError):
+        return None
+
+
 def bench_decode(path: Path, label: str, providers: dict, repeat: int, max_frames=None) -> list[dict]:
     n_src, fps_native = _probe(path)
     results = {}
-    for name, fn in providers.items():  # one untimed call each: outputs, indices, peak RSS
-        with PeakRSS() as rss:
-            frames, idx = fn(path, fps_native, max_frames)
-        results[name] = dict(frames=frames, idx=idx, rss=rss.peak_mb)
+    for name, fn in providers.items():  # one untimed call each (outputs, indices); peak RSS apart
+        frames, idx = fn(path, fps_native, max_frames)
+        results[name] = dict(frames=frames, idx=idx, rss=peak_rss(name, path, max_frames))
     names = list(providers)
     times = best_times([lambda f=providers[k]: f(path, fps_native, max_frames) for k in names], repeat)
     ref = results["ours"]
@@ -518,10 +517,14 @@ def main(argv=None) -> int:
     ap.add_argument("--save", action="store_true", help="append rows to bench/results/ (default: a temp folder)")
     ap.add_argument("--csv", type=Path, default=None, help="CSV to append to (overrides --save's path)")
     ap.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
+    ap.add_argument("--rss-probe", nargs=3, metavar=("PROVIDER", "PATH", "MAX_FRAMES"), help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     threads = args.threads or os.cpu_count()
     if args.worker:
         return worker_main(threads)
+    if args.rss_probe:
+        name, path, mf = args.rss_probe
+        return rss_probe(name, path, int(mf) or None)
 
     import torch
 
@@ -575,7 +578,7 @@ def main(argv=None) -> int:
             for r in new:
                 tqdm.write(f"  {label:<30} {r['kind']:<28} {r['provider']:<18} {r['frames_per_s']:9.1f} f/s "
                            f"{r['ratio_vs_ours']:6.2f}x agree {r['index_agreement']:.3f} "
-                           f"max|diff| {fmt(r['max_abs_diff'], 'd')} rss {r['peak_rss_mb']:.0f} MB")
+                           f"max|diff| {fmt(r['max_abs_diff'], 'd')} rss {fmt(r['peak_rss_mb'], '.0f')} MB")
 
     if not args.skip_preprocess:
         import transformers
