@@ -35,6 +35,7 @@ __all__ = [
     "CLIP_STD",
     "VideoError",
     "load_video",
+    "load_videos",
     "preprocess",
     "sample_fps_indices",
     "segment_midpoints",
@@ -395,6 +396,76 @@ def load_video(path, fps: float = 1.0, max_frames: int | None = None) -> tuple[t
                 duration = None
         targets = _target_times(duration, fps, max_frames)
         return _decode_at(path, container, stream, targets, fps, native, max_frames)
+
+
+def load_videos(paths, fps: float = 1.0, max_frames: int | None = None, *, size: int | None = None,
+                workers: int = 2, return_exceptions: bool = False):
+    """Decode several videos concurrently, in order: a batched loader for ``extract`` / ``predict``.
+
+    Each video is read by :func:`load_video` (and, with ``size``, pre-processed by
+    :func:`preprocess`) in a pool of ``workers`` threads; FFmpeg and the C++ op run without the
+    GIL, so on short clips, where one video's decode does not keep every core busy, the pool
+    overlaps them. At most ``workers`` videos are in flight ahead of the consumer.
+
+    Args:
+        paths: video files.
+        fps, max_frames: as for :func:`load_video`.
+        size: if given, yield ``preprocess(frames, size=size)`` (``[T, 3, size, size]`` float32)
+            instead of ``(frames, timestamps)``.
+        workers: threads (1: one after the other, in this thread).
+        return_exceptions: yield a failing video's exception instead of raising it.
+
+    Returns:
+        an iterator over the paths, in order, of ``(frames uint8 [T, H, W, 3], timestamps float64
+        [T])``, or the pixel values with ``size``, or the exception with ``return_exceptions``.
+    """
+    workers = _int_arg("load_videos", "workers", workers)
+    if workers <= 0:
+        raise ValueError(f"load_videos: workers must be a positive int, got {workers}")
+    if size is not None:
+        size = _int_arg("load_videos", "size", size)
+    if isinstance(paths, (str, bytes, os.PathLike)):
+        raise ValueError(f"load_videos: paths must be a list of video files, got a single path {paths!r}")
+    return _iter_videos(list(paths), fps, max_frames, size, workers, return_exceptions)
+
+
+def _iter_videos(paths, fps, max_frames, size, workers, return_exceptions):
+    import concurrent.futures as cf  # noqa: PLC0415
+    from collections import deque  # noqa: PLC0415
+
+    def one(path):
+        frames, times = load_video(path, fps=fps, max_frames=max_frames)
+        return preprocess(frames, size=size) if size is not None else (frames, times)
+
+    def result(fut_or_path):
+        try:
+            return fut_or_path.result() if isinstance(fut_or_path, cf.Future) else one(fut_or_path)
+        except Exception as exc:  # noqa: BLE001
+            if return_exceptions:
+                return exc
+            raise
+
+    if workers == 1 or len(paths) <= 1:
+        for p in paths:
+            yield result(p)
+        return
+    with cf.ThreadPoolExecutor(max_workers=workers, thread_name_prefix="load_videos") as pool:
+        pending = deque()
+        it = iter(paths)
+        for p in it:
+            pending.append(pool.submit(one, p))
+            if len(pending) >= workers:
+                break
+        try:
+            while pending:
+                fut = pending.popleft()
+                nxt = next(it, None)
+                if nxt is not None:
+                    pending.append(pool.submit(one, nxt))
+                yield result(fut)
+        finally:
+            for f in pending:
+                f.cancel()
 
 
 def _decode_at(path, container, stream, targets, fps, native, max_frames):
