@@ -15,7 +15,7 @@
    provider that seeks past frames shows it. ``index agreement``: the fraction of sampled source
    frame indices equal to ours; ``max|diff|``: the largest pixel difference to our frames where
    the indices agree; ``peak RSS``: how much one call raises a fresh process's peak resident
-   memory above what its imports took (``ru_maxrss``, measured in a separate process per provider). With ``--sparse K`` the long clips are also read with only ``K``
+   memory above what its imports took (``VmHWM`` reset before the call, in a separate process per provider). With ``--sparse K`` the long clips are also read with only ``K``
    frames spread over the video (``load_video(max_frames=K)``), where seeking matters.
 
 2. **CLIP pre-processing** of frames at 360p, 480p (480×854), 720p and 1080p: ``ours``
@@ -243,8 +243,6 @@ def decode_providers() -> tuple[dict, dict]:
 def rss_probe(provider: str, path: str, max_frames) -> int:
     """Runs in a fresh process: one call of ``provider``; prints the growth of the peak resident
     set over what the imports took (MiB)."""
-    import resource
-
     import torch  # noqa: F401  (imports are not the call's memory)
 
     import slotvlm.video  # noqa: F401
@@ -252,10 +250,17 @@ def rss_probe(provider: str, path: str, max_frames) -> int:
     providers, _ = decode_providers()
     fn = providers[provider]
     n, rate = _probe(path)
-    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    def status(key):  # kB
+        for line in open("/proc/self/status"):
+            if line.startswith(key):
+                return int(line.split()[1])
+        raise KeyError(key)
+
+    with open("/proc/self/clear_refs", "w") as f:
+        f.write("5")  # reset the peak (VmHWM) to the current resident set: imports do not count
+    before = status("VmRSS:")
     fn(path, rate, max_frames)
-    after = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    print(json.dumps({"peak_rss_mb": (after - before) / 1024}))
+    print(json.dumps({"peak_rss_mb": (status("VmHWM:") - before) / 1024}))
     return 0
 
 

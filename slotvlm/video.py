@@ -48,6 +48,8 @@ CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 
 # Gaps between sample times longer than this are skipped by seeking (see _decode_at).
 _SEEK_GAP_S = 4.0
+# Plan the kept frames from the packets and skip decoding unreferenced frames (_decode_planned).
+_SKIP_NONREF = os.environ.get("SLOTVLM_VIDEO_SKIP_NONREF", "1") != "0"
 
 # Container formats that FFmpeg opens but that hold no real video: still images, and "tty"
 # (FFmpeg renders any text file as ANSI art).
@@ -395,7 +397,89 @@ def load_video(path, fps: float = 1.0, max_frames: int | None = None) -> tuple[t
             except av.FFmpegError:
                 duration = None
         targets = _target_times(duration, fps, max_frames)
+        if _SKIP_NONREF and targets is not None and max(b - a for a, b in zip([0.0] + targets, targets)) <= _SEEK_GAP_S:
+            planned = _decode_planned(path, container, stream, targets, native)
+            if planned is not None:
+                return planned
         return _decode_at(path, container, stream, targets, fps, native, max_frames)
+
+
+def _frame_plan(path, targets, native):
+    """Which frames to keep, from the packets' timestamps alone (demuxing, no decoding): the
+    ``pts`` of the frame nearest to each target (ties: the earlier), the same choice as
+    :func:`_decode_at` makes while decoding. None when the file's timestamps do not allow a plan
+    (missing, duplicated, discarded or corrupt packets, or frames ending well before the targets)."""
+    import av
+
+    pts = []
+    with av.open(path, metadata_errors="ignore") as c:
+        s = c.streams.video[0]
+        tb = s.time_base
+        for p in c.demux(s):
+            if p.size == 0 and p.pts is None:
+                continue  # the flush packet at the end
+            if p.pts is None or p.is_corrupt or getattr(p, "is_discard", False):
+                return None
+            pts.append(p.pts)
+    if not pts or tb is None:
+        return None
+    order = sorted(pts)
+    if len(set(order)) != len(order):
+        return None
+    times = [float(q * tb) for q in order]  # as PyAV's frame.time
+    times = [t - times[0] for t in times]
+    step = 1.0 / native if native else 0.0
+    if targets[-1] > times[-1] + max(1.0, 2 * step):
+        return None  # truncated: _decode_at finds out and says so
+    keep, j, n = [], 0, len(times)
+    for tt in targets:
+        while j < n and times[j] < tt - 1e-9:
+            j += 1
+        if j == n:
+            if tt < times[-1] + step - 1e-9 and (not keep or keep[-1] != n - 1):
+                keep.append(n - 1)
+            break
+        k = j - 1 if j > 0 and tt - times[j - 1] <= times[j] - tt else j
+        if not keep or keep[-1] != k:
+            keep.append(k)
+    return [order[k] for k in keep], [times[k] for k in keep]
+
+
+def _decode_planned(path, container, stream, targets, native):
+    """Decode only what the kept frames need: every packet is sent to the decoder, but frames that
+    no other frame references (``skip_frame = NONREF``: B-frames in most H.264/H.265 files) are
+    not decoded unless they are kept. The kept frames are bit-identical to a full decode (no
+    decoded frame depends on a skipped one). Returns None (the caller decodes everything) if the
+    plan cannot be made or the decoder did not give every planned frame."""
+    import av
+
+    try:
+        plan = _frame_plan(path, targets, native)
+        if plan is None:
+            return None
+        want, times = plan
+        wanted = set(want)
+        got: dict[int, np.ndarray] = {}
+        size = None
+        cc = stream.codec_context
+        for packet in container.demux(stream):
+            if packet.pts is not None:
+                cc.skip_frame = "DEFAULT" if packet.pts in wanted else "NONREF"
+            for frame in cc.decode(packet):
+                if frame.pts in wanted and frame.pts not in got:
+                    if size is None:
+                        size = (frame.height, frame.width)
+                    if (frame.height, frame.width) != size:  # resolution change inside the stream
+                        frame = frame.reformat(width=size[1], height=size[0])
+                    got[frame.pts] = frame.to_ndarray(format="rgb24")
+            if len(got) == len(wanted):
+                break
+        cc.skip_frame = "DEFAULT"
+    except av.FFmpegError:
+        return None
+    if len(got) != len(wanted):
+        return None
+    return torch.from_numpy(np.stack([got[q] for q in want])), torch.tensor(times, dtype=torch.float64)
 
 
 def load_videos(paths, fps: float = 1.0, max_frames: int | None = None, *, size: int | None = None,
