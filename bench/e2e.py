@@ -1,7 +1,8 @@
 """Wall time from a video file to an answer, stage by stage, for one video and for a batch.
 
-Stages: ``decode+sample`` (:func:`slotvlm.video.load_video` at the model's fps), ``preprocess``
-(:func:`slotvlm.video.preprocess`), ``CLIP`` (:meth:`SlotVLM.vision_features`), ``connector``
+Stages: ``decode+sample`` (:func:`slotvlm.video.load_videos` at the model's fps, ``--load-workers``
+videos at a time), ``preprocess`` (copy of the uint8 frames to the model's device, then
+:func:`slotvlm.video.preprocess`), ``CLIP`` (:meth:`SlotVLM.vision_features`), ``connector``
 (:meth:`SlotVLM.encode_features`: slow/fast pooling + slot attention + projection), ``LLM prefill``
 (one forward pass over the prompt with the video tokens, filling the KV cache: the time to the
 first token) and ``generation`` (the rest of greedy ``generate`` for ``--new-tokens`` tokens: its
@@ -92,18 +93,18 @@ def timed(fn, repeat: int, sync) -> tuple[float, object]:
     return best, out
 
 
-def run_scenario(model, paths: list[str], new_tokens: int, repeat: int, sync) -> tuple[dict, float, int]:
+def run_scenario(model, paths: list[str], new_tokens: int, repeat: int, sync, load_workers: int = 2) -> tuple[dict, float, int]:
     """Per-stage seconds for answering one question about each of ``paths`` in one batch."""
-    from slotvlm.video import load_video, preprocess
+    from slotvlm.video import load_videos, preprocess
 
     cfg = model.config
     dev = model.device
     t = {}
     t["decode+sample"], decoded = timed(
-        lambda: [load_video(p, fps=cfg.fps, max_frames=cfg.max_frames)[0] for p in paths], repeat, sync)
-    frames = [f.to(dev) for f in decoded]  # uint8 to the device (GPU: preprocess runs there)
-    sync()
-    t["preprocess"], pixels = timed(lambda: [preprocess(f, size=cfg.image_size) for f in frames], repeat, sync)
+        lambda: [f for f, _ in load_videos(paths, fps=cfg.fps, max_frames=cfg.max_frames, workers=load_workers)],
+        repeat, sync)
+    # uint8 frames to the model's device, then pre-processing there (GPU: the Triton kernels)
+    t["preprocess"], pixels = timed(lambda: [preprocess(f.to(dev), size=cfg.image_size) for f in decoded], repeat, sync)
     t["CLIP"], feats = timed(lambda: model.vision_features(torch.cat(pixels, 0)), repeat, sync)
     per_video = list(feats.split([p.shape[0] for p in pixels]))
     with torch.no_grad():
@@ -118,8 +119,8 @@ def run_scenario(model, paths: list[str], new_tokens: int, repeat: int, sync) ->
     t["generation"] = max(t_gen - t["LLM prefill"], 0.0)
 
     def whole():
-        px = [preprocess(load_video(p, fps=cfg.fps, max_frames=cfg.max_frames)[0].to(dev), size=cfg.image_size)
-              for p in paths]
+        px = [preprocess(f.to(dev), size=cfg.image_size)
+              for f, _ in load_videos(paths, fps=cfg.fps, max_frames=cfg.max_frames, workers=load_workers)]
         with torch.no_grad():
             return model.llm.generate(**model.build_inputs(model.encode_video(px), questions), **gen)
 
@@ -139,6 +140,7 @@ def main(argv=None) -> int:
     ap.add_argument("--new-tokens", type=int, default=32, help="tokens generated per answer")
     ap.add_argument("--repeat", type=int, default=3, help="timed repetitions per stage (best kept)")
     ap.add_argument("--threads", type=int, default=None, help="torch threads (default: all cores)")
+    ap.add_argument("--load-workers", type=int, default=2, help="videos decoded at a time (slotvlm.video.load_videos)")
     ap.add_argument("--clip-dir", type=Path, default=Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache"))
                     / "slotvlm" / "bench-clips", help="where the encoded clips are cached")
     ap.add_argument("--save", action="store_true", help="append rows to bench/results/ (default: a temp folder)")
@@ -171,7 +173,7 @@ def main(argv=None) -> int:
               f"torch {torch.__version__}; commit {commit()}")
         results = []
         for name, paths in ((f"1 video ({args.seconds} s)", one), (f"batch of {len(batch)} ({args.batch_seconds} s)", batch)):
-            t, t_whole, n_frames = run_scenario(model, paths, args.new_tokens, args.repeat, sync)
+            t, t_whole, n_frames = run_scenario(model, paths, args.new_tokens, args.repeat, sync, args.load_workers)
             results.append((name, t, t_whole, n_frames))
 
     total_w = 12

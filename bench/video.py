@@ -203,20 +203,21 @@ def torchcodec_provider(mode: str):
 
 
 def pyav_all(path, fps_native, max_frames=None):
-    """What many pipelines do: convert every frame to RGB, then keep one per second."""
+    """What many pipelines do: decode and convert every frame to RGB, keep one per second (the
+    others are dropped at once, so memory stays that of the kept frames)."""
     import av
 
+    out, idx, nxt, t0 = [], [], 0.0, None
     with av.open(str(path)) as c:
         s = c.streams.video[0]
         s.thread_type = "AUTO"
-        frames = [(f.time, f.to_ndarray(format="rgb24")) for f in c.decode(s)]
-    t0 = frames[0][0]
-    out, idx, nxt = [], [], 0.0
-    for i, (t, a) in enumerate(frames):
-        if t - t0 + 1e-9 >= nxt:
-            out.append(a)
-            idx.append(i)
-            nxt += 1.0
+        for i, f in enumerate(c.decode(s)):
+            a = f.to_ndarray(format="rgb24")
+            t0 = f.time if t0 is None else t0
+            if f.time - t0 + 1e-9 >= nxt:
+                out.append(a)
+                idx.append(i)
+                nxt += 1.0
     if max_frames is not None and len(out) > max_frames:
         keep = np.rint(np.linspace(0, len(out) - 1, max_frames)).astype(int)
         out, idx = [out[i] for i in keep], [idx[i] for i in keep]
