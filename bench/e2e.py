@@ -74,8 +74,10 @@ def full_size_model(device: str, dtype: torch.dtype):
         finally:
             torch.set_default_dtype(torch.float32)
     cfg = SlotVLMConfig(vision_model="random:clip-vit-large-patch14", llm_model="random:llama-7b")
-    cfg.vision_hidden, cfg.grid_size, cfg.image_size, cfg.llm_hidden = 1024, 16, 224, 4096
-    connector = build_connector(cfg, 1024, 4096).float().to(device)
+    dv, dl = CLIP_L14["hidden_size"], LLAMA_7B["hidden_size"]
+    cfg.vision_hidden, cfg.image_size, cfg.llm_hidden = dv, CLIP_L14["image_size"], dl
+    cfg.grid_size = CLIP_L14["image_size"] // CLIP_L14["patch_size"]
+    connector = build_connector(cfg, dv, dl).float().to(device)
     model = SlotVLM(cfg, vision, llm, tok, connector).eval()
     return model, f"random-weight CLIP ViT-L/14 + LLaMA-7B ({str(dtype).replace('torch.', '')})"
 
