@@ -4,7 +4,9 @@ imported (``import slotvlm._C``, :mod:`slotvlm._ext`, :mod:`slotvlm.video`).
 
 - ``slowfast_pool``: its backward (``torch.library.register_autograd``), its CUDA kernel (the torch
   reference, which runs on the GPU) and a fake kernel for ``torch.compile``;
-- ``clip_preprocess``: a fake kernel (CPU only, not differentiable: its input is uint8).
+- ``clip_preprocess``: its CUDA kernel (the Triton kernels behind
+  :func:`slotvlm.video.clip_preprocess_triton`, imported at the first CUDA call) and a fake kernel
+  (not differentiable: its input is uint8).
 
 Only torch is imported here (the extension is being initialised: nothing may import it again).
 """
@@ -22,6 +24,12 @@ def _slowfast_pool_other_device(features, num_slow, stride):
 def _slowfast_pool_fake(features, num_slow=8, stride=4):
     B, T, H, W, D = features.shape
     return features.new_empty((B, num_slow, H, W, D)), features.new_empty((B, T, H // stride, W // stride, D))
+
+
+def _clip_preprocess_cuda(frames, size, crop_size, mean, std, scale, dtype):
+    from slotvlm.video import clip_preprocess_triton  # noqa: PLC0415  (imports triton; not at init)
+
+    return clip_preprocess_triton(frames, size, crop_size, mean, std, scale, dtype)
 
 
 def _clip_preprocess_fake(frames, size, crop_size, mean, std, scale, dtype):
@@ -51,6 +59,7 @@ def _slowfast_backward(ctx, grad_slow, grad_fast):
 
 def register() -> None:
     torch.library.impl("slotvlm::slowfast_pool", "CUDA", _slowfast_pool_other_device)
+    torch.library.impl("slotvlm::clip_preprocess", "CUDA", _clip_preprocess_cuda)
     for name, fn in (("slotvlm::slowfast_pool", _slowfast_pool_fake), ("slotvlm::clip_preprocess", _clip_preprocess_fake)):
         torch.library.register_fake(name, fn)
     torch.library.register_autograd("slotvlm::slowfast_pool", _slowfast_backward, setup_context=_slowfast_setup_context)

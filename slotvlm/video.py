@@ -13,6 +13,7 @@ this project's tests).
 """
 from __future__ import annotations
 
+import functools
 import math
 import os
 from fractions import Fraction
@@ -21,13 +22,19 @@ import numpy as np
 import torch
 
 from slotvlm._ext import ops
-from slotvlm.ops.video_ref import check_slowfast_args
+from slotvlm.ops.video_ref import (
+    check_slowfast_args,
+    normalize_table,
+    resample_taps,
+    shortest_edge_size,
+)
 
 __all__ = [
     "CLIP_MEAN",
     "CLIP_STD",
     "VideoError",
     "load_video",
+    "load_videos",
     "preprocess",
     "sample_fps_indices",
     "segment_midpoints",
@@ -40,6 +47,8 @@ CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 
 # Gaps between sample times longer than this are skipped by seeking (see _decode_at).
 _SEEK_GAP_S = 4.0
+# Plan the kept frames from the packets and skip decoding unreferenced frames (_decode_planned).
+_SKIP_NONREF = os.environ.get("SLOTVLM_VIDEO_SKIP_NONREF", "1") != "0"
 
 # Container formats that FFmpeg opens but that hold no real video: still images, and "tty"
 # (FFmpeg renders any text file as ANSI art).
@@ -118,6 +127,55 @@ def sample_fps_indices(num_frames: int, native_fps: float, target_fps: float = 1
 # ------------------------------------------------------------------------------------------------
 # The CUDA kernel, the fake kernels and the backward of slowfast_pool live in slotvlm/_register.py,
 # which the extension's module init imports: they exist whenever the op does.
+# clip_preprocess's CUDA kernel is clip_preprocess_triton below, registered there too.
+
+
+@functools.lru_cache(maxsize=64)
+def _taps(in_size: int, out_size: int, out0: int, count: int, device: str):
+    return tuple(t.to(device) for t in resample_taps(in_size, out_size, out0, count))
+
+
+@functools.lru_cache(maxsize=16)
+def _lut(mean: tuple, std: tuple, scale: float, dtype: torch.dtype, device: str) -> torch.Tensor:
+    return normalize_table(mean, std, scale).to(device=device, dtype=dtype)
+
+
+def clip_preprocess_triton(frames: torch.Tensor, size: int, crop_size: int, mean, std, scale: float,
+                           dtype: torch.dtype) -> torch.Tensor:
+    """The GPU path of ``torch.ops.slotvlm.clip_preprocess`` (registered for CUDA tensors): the
+    Triton kernels of ``kernels/clip_preprocess.py``, the same integer arithmetic as the C++ op, so
+    the output is bit-identical to it. uint8 ``[T, H, W, 3]`` → ``[T, 3, crop_size, crop_size]`` in
+    ``dtype``, on the frames' device (CPU tensors only under ``TRITON_INTERPRET=1``)."""
+    if not isinstance(frames, torch.Tensor) or frames.dim() != 4 or frames.shape[3] != 3:
+        raise ValueError(f"clip_preprocess: frames must be a uint8 tensor of shape [T, H, W, 3], got "
+                         f"{getattr(frames, 'shape', type(frames).__name__)}")
+    if frames.dtype != torch.uint8:
+        raise ValueError(f"clip_preprocess: frames must have dtype uint8, got {frames.dtype}")
+    T, H, W, _ = frames.shape
+    if H <= 0 or W <= 0:
+        raise ValueError(f"clip_preprocess: frames must have H > 0 and W > 0, got shape {tuple(frames.shape)}")
+    if not 0 < size <= 16384:
+        raise ValueError(f"clip_preprocess: size must be in [1, 16384], got {size}")
+    if not 0 < crop_size <= size:
+        raise ValueError(f"clip_preprocess: crop_size must be in [1, size={size}], got {crop_size}")
+    if dtype not in (torch.float32, torch.float64, torch.float16, torch.bfloat16):
+        raise ValueError(f"clip_preprocess: dtype must be float32, float64, float16 or bfloat16, got {dtype}")
+    if len(mean) != 3 or len(std) != 3 or any(not math.isfinite(s) or s == 0 for s in std):
+        raise ValueError(f"clip_preprocess: mean and std must have 3 values, std finite and non-zero, got {mean}, {std}")
+    rh, rw = shortest_edge_size(H, W, size)
+    if rh < crop_size or rw < crop_size:
+        raise ValueError(f"clip_preprocess: frames of size {H}x{W} resize to {rh}x{rw}, smaller than crop_size={crop_size}")
+    from kernels.clip_preprocess import clip_resample_fwd  # noqa: PLC0415  (imports triton)
+
+    dev = str(frames.device)
+    top, left = (rh - crop_size) // 2, (rw - crop_size) // 2
+    th = _taps(W, rw, left, crop_size, dev)
+    tv = _taps(H, rh, top, crop_size, dev)
+    row0 = int(tv[0][0])
+    rows = int(tv[0][-1] + tv[1][-1]) - row0
+    lut = _lut(tuple(float(m) for m in mean), tuple(float(s) for s in std), float(scale), dtype, dev)
+    return clip_resample_fwd(frames, th, tv, row0, rows, lut)
+
 
 
 def slowfast_pool(features: torch.Tensor, num_slow: int = 8, stride: int = 4) -> tuple[torch.Tensor, torch.Tensor]:
@@ -158,7 +216,8 @@ def preprocess(
     multithreaded C++ op that computes only the cropped pixels.
 
     Args:
-        frames: uint8 ``[T, H, W, 3]`` RGB (torch tensor or numpy array, any strides, CPU).
+        frames: uint8 ``[T, H, W, 3]`` RGB (torch tensor or numpy array, any strides). CPU: the
+            fused C++ op; CUDA: Triton kernels on the GPU (same bytes), no copy to the host.
         size: the shortest side after resizing (224 for CLIP ViT-L/14).
         dtype: output dtype (float32, float64, float16 or bfloat16).
 
@@ -174,6 +233,8 @@ def preprocess(
     if not isinstance(dtype, torch.dtype):
         raise ValueError(f"preprocess: dtype must be a torch.dtype, got {dtype!r}")
     mean, std = [float(m) for m in mean], [float(s) for s in std]
+    if frames.is_cuda:  # the Triton kernels, no round trip through the CPU
+        return ops.clip_preprocess(frames, size, crop, mean, std, 1.0 / 255.0, dtype)
     device = frames.device
     out = ops.clip_preprocess(frames.cpu(), size, crop, mean, std, 1.0 / 255.0, dtype)
     return out.to(device)
@@ -291,7 +352,159 @@ def load_video(path, fps: float = 1.0, max_frames: int | None = None) -> tuple[t
             except av.FFmpegError:
                 duration = None
         targets = _target_times(duration, fps, max_frames)
+        if _SKIP_NONREF and targets is not None and max(b - a for a, b in zip([0.0] + targets, targets)) <= _SEEK_GAP_S:
+            planned = _decode_planned(path, container, stream, targets, native)
+            if planned is not None:
+                return planned
         return _decode_at(path, container, stream, targets, fps, native, max_frames)
+
+
+def _frame_plan(path, targets, native):
+    """Which frames to keep, from the packets' timestamps alone (demuxing, no decoding): the
+    ``pts`` of the frame nearest to each target (ties: the earlier), the same choice as
+    :func:`_decode_at` makes while decoding. None when the file's timestamps do not allow a plan
+    (missing, duplicated, discarded or corrupt packets, or frames ending well before the targets)."""
+    import av
+
+    pts = []
+    with av.open(path, metadata_errors="ignore") as c:
+        s = c.streams.video[0]
+        tb = s.time_base
+        for p in c.demux(s):
+            if p.size == 0 and p.pts is None:
+                continue  # the flush packet at the end
+            if p.pts is None or p.is_corrupt or getattr(p, "is_discard", False):
+                return None
+            pts.append(p.pts)
+    if not pts or tb is None:
+        return None
+    order = sorted(pts)
+    if len(set(order)) != len(order):
+        return None
+    times = [float(q * tb) for q in order]  # as PyAV's frame.time
+    times = [t - times[0] for t in times]
+    step = 1.0 / native if native else 0.0
+    if targets[-1] > times[-1] + max(1.0, 2 * step):
+        return None  # truncated: _decode_at finds out and says so
+    keep, j, n = [], 0, len(times)
+    for tt in targets:
+        while j < n and times[j] < tt - 1e-9:
+            j += 1
+        if j == n:
+            if tt < times[-1] + step - 1e-9 and (not keep or keep[-1] != n - 1):
+                keep.append(n - 1)
+            break
+        k = j - 1 if j > 0 and tt - times[j - 1] <= times[j] - tt else j
+        if not keep or keep[-1] != k:
+            keep.append(k)
+    return [order[k] for k in keep], [times[k] for k in keep]
+
+
+def _decode_planned(path, container, stream, targets, native):
+    """Decode only what the kept frames need: every packet is sent to the decoder, but frames that
+    no other frame references (``skip_frame = NONREF``: B-frames in most H.264/H.265 files) are
+    not decoded unless they are kept. The kept frames are bit-identical to a full decode (no
+    decoded frame depends on a skipped one). Returns None (the caller decodes everything) if the
+    plan cannot be made or the decoder did not give every planned frame."""
+    import av
+
+    try:
+        plan = _frame_plan(path, targets, native)
+        if plan is None:
+            return None
+        want, times = plan
+        wanted = set(want)
+        got: dict[int, np.ndarray] = {}
+        size = None
+        cc = stream.codec_context
+        for packet in container.demux(stream):
+            if packet.pts is not None:
+                cc.skip_frame = "DEFAULT" if packet.pts in wanted else "NONREF"
+            for frame in cc.decode(packet):
+                if frame.pts in wanted and frame.pts not in got:
+                    if size is None:
+                        size = (frame.height, frame.width)
+                    if (frame.height, frame.width) != size:  # resolution change inside the stream
+                        frame = frame.reformat(width=size[1], height=size[0])
+                    got[frame.pts] = frame.to_ndarray(format="rgb24")
+            if len(got) == len(wanted):
+                break
+        cc.skip_frame = "DEFAULT"
+    except av.FFmpegError:
+        return None
+    if len(got) != len(wanted):
+        return None
+    return torch.from_numpy(np.stack([got[q] for q in want])), torch.tensor(times, dtype=torch.float64)
+
+
+def load_videos(paths, fps: float = 1.0, max_frames: int | None = None, *, size: int | None = None,
+                workers: int = 2, return_exceptions: bool = False):
+    """Decode several videos concurrently, in order: a batched loader for ``extract`` / ``predict``.
+
+    Each video is read by :func:`load_video` (and, with ``size``, pre-processed by
+    :func:`preprocess`) in a pool of ``workers`` threads; FFmpeg and the C++ op run without the
+    GIL, so on short clips, where one video's decode does not keep every core busy, the pool
+    overlaps them. At most ``workers`` videos are in flight ahead of the consumer.
+
+    Args:
+        paths: video files.
+        fps, max_frames: as for :func:`load_video`.
+        size: if given, yield ``preprocess(frames, size=size)`` (``[T, 3, size, size]`` float32)
+            instead of ``(frames, timestamps)``.
+        workers: threads (1: one after the other, in this thread).
+        return_exceptions: yield a failing video's exception instead of raising it.
+
+    Returns:
+        an iterator over the paths, in order, of ``(frames uint8 [T, H, W, 3], timestamps float64
+        [T])``, or the pixel values with ``size``, or the exception with ``return_exceptions``.
+    """
+    workers = _int_arg("load_videos", "workers", workers)
+    if workers <= 0:
+        raise ValueError(f"load_videos: workers must be a positive int, got {workers}")
+    if size is not None:
+        size = _int_arg("load_videos", "size", size)
+    if isinstance(paths, (str, bytes, os.PathLike)):
+        raise ValueError(f"load_videos: paths must be a list of video files, got a single path {paths!r}")
+    return _iter_videos(list(paths), fps, max_frames, size, workers, return_exceptions)
+
+
+def _iter_videos(paths, fps, max_frames, size, workers, return_exceptions):
+    import concurrent.futures as cf  # noqa: PLC0415
+    from collections import deque  # noqa: PLC0415
+
+    def one(path):
+        frames, times = load_video(path, fps=fps, max_frames=max_frames)
+        return preprocess(frames, size=size) if size is not None else (frames, times)
+
+    def result(fut_or_path):
+        try:
+            return fut_or_path.result() if isinstance(fut_or_path, cf.Future) else one(fut_or_path)
+        except Exception as exc:  # noqa: BLE001
+            if return_exceptions:
+                return exc
+            raise
+
+    if workers == 1 or len(paths) <= 1:
+        for p in paths:
+            yield result(p)
+        return
+    with cf.ThreadPoolExecutor(max_workers=workers, thread_name_prefix="load_videos") as pool:
+        pending = deque()
+        it = iter(paths)
+        for p in it:
+            pending.append(pool.submit(one, p))
+            if len(pending) >= workers:
+                break
+        try:
+            while pending:
+                fut = pending.popleft()
+                nxt = next(it, None)
+                if nxt is not None:
+                    pending.append(pool.submit(one, nxt))
+                yield result(fut)
+        finally:
+            for f in pending:
+                f.cancel()
 
 
 def _decode_at(path, container, stream, targets, fps, native, max_frames):

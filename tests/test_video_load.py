@@ -124,6 +124,7 @@ def test_stops_decoding_once_the_frames_are_found(clip12, monkeypatch):
     real_open = av.open
     monkeypatch.setattr(av, "open", lambda *a, **k: _CountingContainer(real_open(*a, **k), decoded))
     monkeypatch.setattr(video, "_SEEK_GAP_S", float("inf"))
+    monkeypatch.setattr(video, "_SKIP_NONREF", False)  # the sequential path (the planned one: test_video_loader.py)
     frames, times = load_video(clip12, fps=1.0, max_frames=1)
     assert times.tolist() == [5.0] and read_index(frames[0]) == 125
     assert 126 <= len(decoded) < 140
@@ -140,6 +141,7 @@ def test_long_gaps_are_skipped_by_seeking(clip12, monkeypatch):
     decoded = []
     real_open = av.open
     monkeypatch.setattr(av, "open", lambda *a, **k: _CountingContainer(real_open(*a, **k), decoded))
+    monkeypatch.setattr(video, "_SKIP_NONREF", False)  # compare with the plain sequential decode
     seek_frames, seek_times = load_video(clip12, fps=1.0, max_frames=3)
     n_seek = len(decoded)
     decoded.clear()

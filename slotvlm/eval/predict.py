@@ -87,6 +87,27 @@ class _Inputs:
             raise LookupError(f"video {video!r} not found under {str(self.index.root)!r}")
         return self.model.load_video(path, max_frames=self.max_frames)
 
+    def load_many(self, videos: list[str], workers: int) -> list:
+        """:meth:`load` of several videos, decoded concurrently (``slotvlm.video.load_videos``);
+        a failing video's entry is its exception."""
+        if self.cache is not None or workers <= 1 or len(videos) <= 1:
+            out = []
+            for v in videos:
+                try:
+                    out.append(self.load(v))
+                except Exception as e:  # noqa: BLE001
+                    out.append(e)
+            return out
+        from ..video import load_videos  # noqa: PLC0415
+
+        paths = [self.index.find(v) for v in videos]
+        found = [p for p in paths if p is not None]
+        cfg = self.model.config
+        decoded = iter(load_videos(found, fps=cfg.fps, max_frames=self.max_frames or cfg.max_frames,
+                                   size=cfg.image_size, workers=workers, return_exceptions=True))
+        return [next(decoded) if p is not None else
+                LookupError(f"video {v!r} not found under {str(self.index.root)!r}") for v, p in zip(videos, paths)]
+
     def encode(self, loaded: list) -> torch.Tensor:
         """``[n, L, H]`` video embeddings for n loaded videos."""
         if self.cache is not None:
@@ -109,6 +130,7 @@ def predict(
     rank: int = 0,
     world_size: int = 1,
     progress: bool = True,
+    load_workers: int = 2,
 ) -> dict:
     """Answer this rank's unanswered questions with ``model`` (a :class:`slotvlm.SlotVLM`).
 
@@ -119,12 +141,13 @@ def predict(
         videos / features: a folder of video files, or a feature cache of ``slotvlm extract``.
         batch_size: questions per generate call (their distinct videos are encoded together).
         max_new_tokens: answer length limit. Decoding is greedy (deterministic).
+        load_workers: the videos of a batch are decoded this many at a time, in threads.
 
     Returns ``{"answered", "skipped", "failed", "total"}`` for this rank.
     """
     from tqdm.auto import tqdm  # noqa: PLC0415
 
-    for name, v in (("batch_size", batch_size), ("max_new_tokens", max_new_tokens)):
+    for name, v in (("batch_size", batch_size), ("max_new_tokens", max_new_tokens), ("load_workers", load_workers)):
         if isinstance(v, bool) or not isinstance(v, int) or v <= 0:
             raise ValueError(f"{name} must be a positive int, got {v!r}")
     if not (isinstance(world_size, int) and world_size >= 1 and 0 <= rank < world_size):
@@ -161,14 +184,13 @@ def predict(
             batch = todo[start : start + batch_size]
             embeds = {v: e for v, e in carry.items() if any(it.video == v for it in batch)}
             loaded: dict[str, object] = {}
-            for it in batch:
-                v = it.video
-                if v in embeds or v in loaded or v in bad_videos:
-                    continue
-                try:
-                    loaded[v] = inputs.load(v)
-                except Exception as e:  # noqa: BLE001  (missing, corrupt, unreadable: record, go on)
-                    bad_videos[v] = f"{type(e).__name__}: {e}"
+            need = list(dict.fromkeys(it.video for it in batch if it.video not in embeds and it.video not in bad_videos))
+            # missing, corrupt, unreadable: recorded, the run goes on
+            for v, res in zip(need, inputs.load_many(need, load_workers)):
+                if isinstance(res, Exception):
+                    bad_videos[v] = f"{type(res).__name__}: {res}"
+                else:
+                    loaded[v] = res
             ok = [it for it in batch if it.video not in bad_videos]
             for v in {it.video for it in batch if it.video in bad_videos}:
                 fail([it for it in batch if it.video == v], bad_videos[v])

@@ -6,6 +6,8 @@ implementation registered for CUDA tensors. The reference of ``clip_preprocess``
 """
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.nn.functional as F
 
@@ -59,3 +61,63 @@ def slowfast_pool_ref(features: torch.Tensor, num_slow: int = 8, stride: int = 4
     fast = F.avg_pool2d(x, kernel_size=stride, stride=stride)
     fast = fast.permute(0, 2, 3, 1).reshape(B, T, H // stride, W // stride, D).to(features.dtype).contiguous()
     return slow, fast
+
+
+# ------------------------------------------------------------------------------------------------
+# PIL's antialiased bicubic resampling coefficients (as in csrc/cpu/video.cpp), for the GPU path
+# ------------------------------------------------------------------------------------------------
+PRECISION_BITS = 22  # fixed-point bits of PIL's 8-bit resampling (32 - 8 - 2)
+
+
+def _bicubic(x: float, a: float = -0.5) -> float:
+    x = abs(x)
+    if x < 1.0:
+        return ((a + 2.0) * x - (a + 3.0)) * x * x + 1.0
+    if x < 2.0:
+        return (((x - 5.0) * x + 8.0) * x - 4.0) * a
+    return 0.0
+
+
+def resample_taps(in_size: int, out_size: int, out0: int, count: int):
+    """Taps of output positions ``[out0, out0 + count)`` of a resize from ``in_size`` to ``out_size``
+    with PIL's antialiased bicubic filter: ``(first [count] int32, length [count] int32, weights
+    [count, ksize] int32)``, the weights in 22-bit fixed point (zero past each ``length``). The same
+    double-precision arithmetic as Pillow (and the C++ op), so the integers are identical."""
+    scale = in_size / out_size
+    filterscale = max(scale, 1.0)
+    support = 2.0 * filterscale
+    ksize = int(math.ceil(support)) * 2 + 1
+    first = torch.zeros(count, dtype=torch.int32)
+    length = torch.zeros(count, dtype=torch.int32)
+    weights = torch.zeros(count, ksize, dtype=torch.int32)
+    ss = 1.0 / filterscale
+    for i in range(count):
+        center = (out0 + i + 0.5) * scale
+        xmin = max(int(center - support + 0.5), 0)  # int(): C-style truncation, as PIL
+        xmax = min(int(center + support + 0.5), in_size) - xmin
+        k = [_bicubic((x + xmin - center + 0.5) * ss) for x in range(xmax)]
+        ww = 0.0
+        for v in k:
+            ww += v
+        for x, v in enumerate(k):
+            v = (v / ww if ww != 0.0 else v) * float(1 << PRECISION_BITS)
+            weights[i, x] = int(-0.5 + v if v < 0 else 0.5 + v)
+        first[i], length[i] = xmin, xmax
+    return first, length, weights
+
+
+def shortest_edge_size(h: int, w: int, size: int) -> tuple[int, int]:
+    """transformers' shortest-edge rule: the short side becomes ``size``, the long side
+    ``int(size * long / short)``."""
+    if w <= h:
+        return int(size * h / w), size
+    return size, int(size * w / h)
+
+
+def normalize_table(mean, std, scale: float = 1 / 255) -> torch.Tensor:
+    """``[3, 256]`` float32: ``(float32(v * scale) - mean) / std`` in float32, per channel — the
+    output of every uint8 value, with transformers' rescale/normalise arithmetic."""
+    v = torch.arange(256, dtype=torch.float64) * scale
+    m = torch.tensor([float(x) for x in mean], dtype=torch.float32).view(3, 1)
+    s = torch.tensor([float(x) for x in std], dtype=torch.float32).view(3, 1)
+    return (v.to(torch.float32).view(1, 256) - m) / s
