@@ -344,6 +344,12 @@ def train(cfg: DiscoverConfig) -> dict:
     from tqdm import tqdm  # noqa: PLC0415
 
     cfg.validate()
+    if cfg.figure_scenes:
+        try:
+            import matplotlib  # noqa: F401, PLC0415
+        except ImportError as exc:
+            raise ValueError("figure_scenes > 0 needs matplotlib: pip install 'slotvlm[figures]' "
+                             "(or pass --figure-scenes 0)") from exc
     os.makedirs(cfg.out, exist_ok=True)
     cfg_path = os.path.join(cfg.out, "config.json")
     ckpts = _checkpoints(cfg.out)
