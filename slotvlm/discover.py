@@ -57,9 +57,11 @@ class DiscoverConfig:
     enc_channels: int = 32
     enc_layers: int = 3
     enc_kernel: int = 5
+    enc_stride: int = 1  # stride of the first encoder convolution: (size/stride)² slot-attention inputs
     dec_channels: int = 32
     dec_layers: int = 3
     dec_kernel: int = 1  # 1: a per-pixel MLP on the broadcast slot + position (fast on CPU)
+    dec_stride: int = 1  # >1: broadcast on a (size/stride)² grid, convolve there, then a stride-s transposed conv
     max_grad_norm: float = 1.0
     seed: int = 0
     test_scenes: int = 256
@@ -81,7 +83,8 @@ class DiscoverConfig:
         if self.module == "slot-attention" and self.backend not in (None, "auto", "torch"):
             raise ValueError(f"backend={self.backend!r} applies to module='slotvlm' only (the package is plain PyTorch)")
         for name in ("steps", "batch_size", "slot_dim", "mlp_hidden", "iters", "enc_channels", "enc_layers",
-                     "enc_kernel", "dec_channels", "dec_layers", "dec_kernel", "test_scenes", "eval_every"):
+                     "enc_kernel", "enc_stride", "dec_channels", "dec_layers", "dec_kernel", "dec_stride",
+                     "test_scenes", "eval_every"):
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, int) or v < 1:
                 raise ValueError(f"{name} must be an int >= 1, got {v!r}")
@@ -127,12 +130,12 @@ class SoftPositionEmbed(nn.Module):
         return x + self.proj(self.grid)
 
 
-def _convs(c_in: int, channels: int, layers: int, kernel: int, c_out: int | None = None) -> nn.Sequential:
+def _convs(c_in: int, channels: int, layers: int, kernel: int, c_out: int | None = None, stride: int = 1) -> nn.Sequential:
     mods = []
     for i in range(layers):
         last = i == layers - 1
         out = c_out if (last and c_out is not None) else channels
-        mods.append(nn.Conv2d(c_in if i == 0 else channels, out, kernel, padding=kernel // 2))
+        mods.append(nn.Conv2d(c_in if i == 0 else channels, out, kernel, padding=kernel // 2, stride=stride if i == 0 else 1))
         if not (last and c_out is not None):
             mods.append(nn.ReLU(inplace=True))
     return nn.Sequential(*mods)
@@ -150,8 +153,9 @@ class SlotAutoencoder(nn.Module):
         d = cfg.slot_dim
         self.size = size
         self.num_slots = cfg.slots
-        self.encoder = _convs(3, cfg.enc_channels, cfg.enc_layers, cfg.enc_kernel)
-        self.enc_pos = SoftPositionEmbed(cfg.enc_channels, (size, size))
+        self.encoder = _convs(3, cfg.enc_channels, cfg.enc_layers, cfg.enc_kernel, stride=cfg.enc_stride)
+        grid = (size + 2 * (cfg.enc_kernel // 2) - cfg.enc_kernel) // cfg.enc_stride + 1
+        self.enc_pos = SoftPositionEmbed(cfg.enc_channels, (grid, grid))
         self.enc_mlp = nn.Sequential(nn.LayerNorm(cfg.enc_channels), nn.Linear(cfg.enc_channels, cfg.mlp_hidden),
                                      nn.ReLU(inplace=True), nn.Linear(cfg.mlp_hidden, d))
         if cfg.module == "slot-attention":
@@ -163,8 +167,14 @@ class SlotAutoencoder(nn.Module):
 
             self.slot_attention = SlotAttention(cfg.slots, d, iters=cfg.iters, hidden_dim=cfg.mlp_hidden,
                                                 backend=cfg.backend)
-        self.dec_pos = SoftPositionEmbed(d, (size, size))
-        if cfg.dec_kernel == 1:  # 1×1 convolutions = a per-pixel MLP; run as Linear layers (channels last)
+        self.dec_grid = -(-size // cfg.dec_stride)  # the broadcast grid side
+        self.dec_pos = SoftPositionEmbed(d, (self.dec_grid, self.dec_grid))
+        self.upsample = None
+        if cfg.dec_stride > 1:  # Locatello et al.'s CLEVR decoder layout: small grid, then transposed conv
+            self.decoder = _convs(d, cfg.dec_channels, max(1, cfg.dec_layers - 1), cfg.dec_kernel)
+            self.upsample = nn.ConvTranspose2d(cfg.dec_channels, 4, cfg.dec_stride, stride=cfg.dec_stride)
+            self.channels_last = False
+        elif cfg.dec_kernel == 1:  # 1×1 convolutions = a per-pixel MLP; run as Linear layers (channels last)
             mods = []
             for i in range(cfg.dec_layers):
                 last = i == cfg.dec_layers - 1
@@ -182,8 +192,12 @@ class SlotAutoencoder(nn.Module):
         x = self.enc_mlp(self.enc_pos(x).flatten(1, 2))  # [B, N, D]
         slots = self.slot_attention(x)  # [B, K, D]
         k, d = slots.shape[1], slots.shape[2]
-        z = self.dec_pos(slots.reshape(b * k, 1, 1, d).expand(-1, self.size, self.size, -1))  # spatial broadcast
-        if self.channels_last:
+        g = self.dec_grid
+        z = self.dec_pos(slots.reshape(b * k, 1, 1, d).expand(-1, g, g, -1))  # spatial broadcast
+        if self.upsample is not None:
+            out = self.upsample(self.decoder(z.permute(0, 3, 1, 2)))[..., : self.size, : self.size]
+            out = out.reshape(b, k, 4, self.size, self.size)
+        elif self.channels_last:
             out = self.decoder(z).view(b, k, self.size, self.size, 4).permute(0, 1, 4, 2, 3)
         else:
             out = self.decoder(z.permute(0, 3, 1, 2)).view(b, k, 4, self.size, self.size)
@@ -357,7 +371,7 @@ def train(cfg: DiscoverConfig) -> dict:
         with open(cfg_path, encoding="utf-8") as f:
             saved = json.load(f)
         for name in ("family", "module", "slot_dim", "num_slots", "enc_channels", "enc_layers", "enc_kernel",
-                     "dec_channels", "dec_layers", "dec_kernel", "mlp_hidden", "iters", "seed", "batch_size"):
+                     "enc_stride", "dec_channels", "dec_layers", "dec_kernel", "dec_stride", "mlp_hidden", "iters", "seed", "batch_size"):
             if saved.get(name) != getattr(cfg, name):
                 raise ValueError(f"--resume: {name}={getattr(cfg, name)!r} differs from the run in {cfg.out} "
                                  f"({saved.get(name)!r})")

@@ -43,10 +43,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--enc-channels", type=int, default=d.enc_channels, help=f"encoder channels (default {d.enc_channels})")
     parser.add_argument("--enc-layers", type=int, default=d.enc_layers, help=f"encoder conv layers (default {d.enc_layers})")
     parser.add_argument("--enc-kernel", type=int, default=d.enc_kernel, help=f"encoder kernel size (default {d.enc_kernel})")
+    parser.add_argument("--enc-stride", type=int, default=d.enc_stride,
+                        help=f"stride of the first encoder conv (default {d.enc_stride}; 5 on 35×35 gives 7×7 slot inputs)")
     parser.add_argument("--dec-channels", type=int, default=d.dec_channels, help=f"decoder channels (default {d.dec_channels})")
     parser.add_argument("--dec-layers", type=int, default=d.dec_layers, help=f"decoder layers (default {d.dec_layers})")
     parser.add_argument("--dec-kernel", type=int, default=d.dec_kernel,
                         help=f"decoder kernel size (default {d.dec_kernel}: a per-pixel MLP; the paper uses 5)")
+    parser.add_argument("--dec-stride", type=int, default=d.dec_stride,
+                        help=f"decode on a (size/stride)² grid, then upsample with a stride-s transposed conv "
+                        f"(default {d.dec_stride}: full resolution)")
     parser.add_argument("--seed", type=int, default=d.seed, help="seed of scenes, initialisation and slot noise")
     parser.add_argument("--test-scenes", type=int, default=d.test_scenes, help=f"held-out scenes (default {d.test_scenes})")
     parser.add_argument("--eval-every", type=int, default=d.eval_every,
@@ -77,7 +82,8 @@ def run(args: argparse.Namespace) -> int:
         batch_size=args.batch_size, lr=args.lr, warmup=args.warmup, decay_half_life=args.decay_half_life,
         num_slots=args.num_slots, slot_dim=args.slot_dim, mlp_hidden=args.mlp_hidden, iters=args.iters,
         enc_channels=args.enc_channels, enc_layers=args.enc_layers, enc_kernel=args.enc_kernel,
-        dec_channels=args.dec_channels, dec_layers=args.dec_layers, dec_kernel=args.dec_kernel, seed=args.seed,
+        enc_stride=args.enc_stride, dec_channels=args.dec_channels, dec_layers=args.dec_layers,
+        dec_kernel=args.dec_kernel, dec_stride=args.dec_stride, seed=args.seed,
         test_scenes=args.test_scenes, eval_every=args.eval_every, save_every=args.save_every,
         figure_scenes=args.figure_scenes, resume=args.resume, device=args.device, progress=not args.no_progress,
         max_seconds=None if args.max_minutes is None else args.max_minutes * 60,
