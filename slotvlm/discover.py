@@ -130,12 +130,19 @@ class SoftPositionEmbed(nn.Module):
         return x + self.proj(self.grid)
 
 
+def _pad(kernel: int, stride: int) -> int:
+    """Same-size padding at stride 1; at stride s, the least padding that keeps ceil(size/s) outputs,
+    so with kernel == stride the windows are exactly the s×s cells (padding 0)."""
+    return kernel // 2 if stride == 1 else max(0, (kernel - stride + 1) // 2)
+
+
 def _convs(c_in: int, channels: int, layers: int, kernel: int, c_out: int | None = None, stride: int = 1) -> nn.Sequential:
     mods = []
     for i in range(layers):
         last = i == layers - 1
         out = c_out if (last and c_out is not None) else channels
-        mods.append(nn.Conv2d(c_in if i == 0 else channels, out, kernel, padding=kernel // 2, stride=stride if i == 0 else 1))
+        s = stride if i == 0 else 1
+        mods.append(nn.Conv2d(c_in if i == 0 else channels, out, kernel, padding=_pad(kernel, s), stride=s))
         if not (last and c_out is not None):
             mods.append(nn.ReLU(inplace=True))
     return nn.Sequential(*mods)
@@ -154,7 +161,7 @@ class SlotAutoencoder(nn.Module):
         self.size = size
         self.num_slots = cfg.slots
         self.encoder = _convs(3, cfg.enc_channels, cfg.enc_layers, cfg.enc_kernel, stride=cfg.enc_stride)
-        grid = (size + 2 * (cfg.enc_kernel // 2) - cfg.enc_kernel) // cfg.enc_stride + 1
+        grid = (size + 2 * _pad(cfg.enc_kernel, cfg.enc_stride) - cfg.enc_kernel) // cfg.enc_stride + 1
         self.enc_pos = SoftPositionEmbed(cfg.enc_channels, (grid, grid))
         self.enc_mlp = nn.Sequential(nn.LayerNorm(cfg.enc_channels), nn.Linear(cfg.enc_channels, cfg.mlp_hidden),
                                      nn.ReLU(inplace=True), nn.Linear(cfg.mlp_hidden, d))
