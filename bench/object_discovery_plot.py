@@ -45,7 +45,7 @@ def main(argv=None) -> int:
             steps = [r["step"] for r in tr][k - 1:]
             loss = [sum(r["loss"] for r in tr[i - k + 1:i + 1]) / k for i in range(k - 1, len(tr))]
             axes[2].plot(steps, loss, label=label, lw=1)
-    for ax, name in zip(axes, ("held-out FG-ARI", "held-out mBO", f"training MSE")):
+    for ax, name in zip(axes, ("held-out FG-ARI", "held-out mBO", "training MSE")):
         ax.set_xlabel("training step")
         ax.set_ylabel(name)
         ax.grid(alpha=0.3)
