@@ -28,16 +28,21 @@ import os
 import sys
 
 # In the order `slotvlm --help` lists them.
-COMMANDS = ["init", "chat", "visualize", "synth", "extract", "train", "predict", "judge", "serve", "demo"]
+COMMANDS = ["init", "chat", "visualize", "synth", "extract", "train", "predict", "judge", "serve", "demo", "discover", "eval-slots"]
+
+
+def _module(name: str) -> str:
+    """The module of a subcommand: ``eval-slots`` lives in ``slotvlm/commands/eval_slots.py``."""
+    return f"slotvlm.commands.{name.replace('-', '_')}"
 
 
 def _available() -> list[str]:
-    return [c for c in COMMANDS if importlib.util.find_spec(f"slotvlm.commands.{c}") is not None]
+    return [c for c in COMMANDS if importlib.util.find_spec(_module(c)) is not None]
 
 
 def _help_line(name: str) -> str:
     # Read HELP without importing the module (which may pull in torch/transformers).
-    spec = importlib.util.find_spec(f"slotvlm.commands.{name}")
+    spec = importlib.util.find_spec(_module(name))
     try:
         with open(spec.origin, encoding="utf-8") as f:
             for line in f:
@@ -68,7 +73,7 @@ def build_parser(selected: str | None = None) -> argparse.ArgumentParser:
     for name in _available():
         p = sub.add_parser(name, help=_help_line(name), description=_help_line(name))
         if name == selected:
-            importlib.import_module(f"slotvlm.commands.{name}").add_arguments(p)
+            importlib.import_module(_module(name)).add_arguments(p)
     return parser
 
 
@@ -85,7 +90,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.command is None:
         parser.print_help()
         return 2
-    module = importlib.import_module(f"slotvlm.commands.{args.command}")
+    module = importlib.import_module(_module(args.command))
     try:
         return int(module.run(args) or 0)
     except (ValueError, OSError, RecursionError) as exc:

@@ -128,7 +128,11 @@ def make_scene(rng: np.random.Generator, video_id: str, seconds: float, size: in
 
 
 def _draw(frame: np.ndarray, shape: str, cx: float, cy: float, r: float, rgb) -> None:
-    h, w, _ = frame.shape
+    frame[_shape_mask(frame.shape[0], frame.shape[1], shape, cx, cy, r)] = rgb
+
+
+def _shape_mask(h: int, w: int, shape: str, cx: float, cy: float, r: float) -> np.ndarray:
+    """``bool [h, w]``: the pixels ``shape`` covers (what :func:`render` paints)."""
     yy, xx = np.mgrid[0:h, 0:w]
     if shape == "circle":
         m = (xx - cx) ** 2 + (yy - cy) ** 2 <= r * r
@@ -140,7 +144,7 @@ def _draw(frame: np.ndarray, shape: str, cx: float, cy: float, r: float, rgb) ->
         m = (yy >= top) & (yy <= bottom) & (np.abs(xx - cx) <= half)
     else:
         raise ValueError(f"shape must be one of {SHAPES}, got {shape!r}")
-    frame[m] = rgb
+    return m
 
 
 def render(scene: Scene, fps: float) -> np.ndarray:
@@ -157,6 +161,33 @@ def render(scene: Scene, fps: float) -> np.ndarray:
                 _draw(f, obj.shape, cx, cy, obj.radius, COLOURS[obj.colour_at(t)])
         frames[i] = f
     return frames
+
+
+def render_masks(scene: Scene, times) -> np.ndarray:
+    """Ground-truth instance masks ``int64 [len(times), size, size]`` of ``scene`` at ``times``
+    (seconds): 0 = background, ``i + 1`` = ``scene.objects[i]``, later objects drawn over earlier
+    ones exactly as :func:`render` paints them."""
+    times = np.asarray(times, dtype=np.float64).reshape(-1)
+    masks = np.zeros((len(times), scene.size, scene.size), dtype=np.int64)
+    for j, t in enumerate(times):
+        for i, obj in enumerate(scene.objects):
+            if t >= obj.appear:
+                cx, cy = obj.centre_at(t)
+                masks[j][_shape_mask(scene.size, scene.size, obj.shape, cx, cy, obj.radius)] = i + 1
+    return masks
+
+
+def event_times(scene: Scene) -> list[float]:
+    """The times (seconds, sorted, after 0) at which the scene changes: an object appears or changes
+    colour. They cut the clip into the known event intervals."""
+    times = {o.appear for o in scene.objects} | {o.change_at for o in scene.objects if o.change_at is not None}
+    return sorted(t for t in times if t > 0)
+
+
+def scene_from_dict(d: dict) -> Scene:
+    """The inverse of ``dataclasses.asdict`` for a :class:`Scene` (a ``meta.json`` entry)."""
+    objects = [SynthObject(**{**o, "start": tuple(o["start"])}) for o in d["objects"]]
+    return Scene(video_id=d["video_id"], seconds=d["seconds"], size=d["size"], objects=objects)
 
 
 def write_mp4(path: str, frames: np.ndarray, fps: float) -> str:
