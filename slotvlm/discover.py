@@ -11,7 +11,7 @@ Output folder::
 
     OUT/config.json                 the run's configuration
     OUT/log.jsonl                   one line per logged step: loss, lr, seconds; eval lines add fg_ari, ari, mbo, miou
-    OUT/checkpoints/step_000500/    model.safetensors, optim.safetensors, state.json (no pickle)
+    OUT/checkpoints/step_000500/    model.safetensors, optim.safetensors, state.json (tensors and JSON only)
     OUT/figures/step_000500.png     input, reconstruction, per-slot masks and reconstructions
     OUT/model.safetensors           the final weights
     OUT/result.json                 the final evaluation
