@@ -21,6 +21,11 @@ def _torch_gru(x: torch.Tensor, h: torch.Tensor, cell: nn.GRUCell) -> torch.Tens
     return cell(x, h)  # ATen's GRU cell: the exact numbers of the slot-attention package
 
 
+def _cast(t: torch.Tensor | None, dtype: torch.dtype) -> torch.Tensor | None:
+    """``t`` in ``dtype`` (floating tensors only; None stays None)."""
+    return t.to(dtype) if t is not None and t.is_floating_point() and t.dtype != dtype else t
+
+
 def _step_impl(backend: str):
     """The (attention step, GRU cell) pair for a concrete backend.
 
@@ -315,6 +320,8 @@ class SlotAttention(nn.Module):
             "q": (q_w, q_b), "gi": (g_w, self.gru.bias_ih), "gh": (self.gru.weight_hh, self.gru.bias_hh),
             "mlp1": (mlp1.weight, mlp1.bias), "mlp2": (mlp2.weight, mlp2.bias),
         }
+        if autocast is not None:  # weights too: cast once per forward, not in every iteration's backward
+            layers = {k: tuple(_cast(t, autocast) for t in wb) for k, wb in layers.items()}
         n_diff = 1 if self.implicit_grad else self.iters
         tokens, w_tokens = [], {}
         if torch.is_grad_enabled():
