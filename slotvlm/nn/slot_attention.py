@@ -303,7 +303,7 @@ class SlotAttention(nn.Module):
         LayerNorm, 1 GEMM, the step kernel, 2 GEMMs, the GRU gate kernel, and the MLP block.
         """
         from ..ops.deferred import deferred_linear, weight_grad_tokens  # noqa: PLC0415
-        from ..ops.fused import _augment, _gru_gates, fold_step, x_grad_tokens  # noqa: PLC0415
+        from ..ops.fused import _augment, _gru_gates, fold_step, gru_hidden, x_grad_tokens  # noqa: PLC0415
 
         dev = x.device.type
         autocast = torch.get_autocast_dtype(dev) if torch.is_autocast_enabled(dev) else None
@@ -343,8 +343,12 @@ class SlotAttention(nn.Module):
             pair = tokens.pop() if tokens and torch.is_grad_enabled() else None
             out, attn = fold_step(qc, x.to(qc.dtype), mask, cu_seqlens, n_max, scale, eps, want_attn, pair)
             gi = linear("gi", out.view(b * num_slots, -1))
-            gh = linear("gh", prev)
-            new = _gru_gates(gi, gh, prev if prev.dtype == gi.dtype else prev.to(gi.dtype))
+            toks = w_tokens.get("gh")
+            if toks and torch.is_grad_enabled():  # h's two gradients summed inside one GEMM
+                new = gru_hidden(gi, prev, *layers["gh"], toks.pop())
+            else:
+                gh = linear("gh", prev)
+                new = _gru_gates(gi, gh, prev if prev.dtype == gi.dtype else prev.to(gi.dtype))
             new = new + linear("mlp2", linear("mlp1", self.norm_pre_ff(new), relu=True))
             return new.view(b, num_slots, d), attn
 
