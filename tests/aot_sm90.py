@@ -43,6 +43,7 @@ except ImportError:  # pragma: no cover
 
 import kernels.gru as kgru  # noqa: E402
 import kernels.slot_attention as ksa  # noqa: E402
+import kernels.slot_attention_deferred as kfold  # noqa: E402
 
 TARGET = GPUTarget("cuda", 90, 32)
 # sm_90 (H100/H200) per-SM limits for the occupancy column
@@ -56,7 +57,7 @@ def _have_ptxas() -> bool:
     bundled = Path(triton.__file__).parent / "backends" / "nvidia" / "bin" / "ptxas"
     return bundled.exists() or bool(os.environ.get("TRITON_PTXAS_PATH")) or shutil.which("ptxas") is not None
 POINTERS = {"den": "fp32", "ws_acc": "fp32", "ws_den": "fp32", "ws_dq": "fp32", "mask": "u8", "cu_seqlens": "i32",
-            "bias": "fp32", "dbias": "fp32", "ws_dbias": "fp32"}
+            "bias": "fp32", "dbias": "fp32", "ws_dbias": "fp32", "sd": "fp32", "g": "fp32", "ws_g": "fp32"}
 FLOATS = {"scale", "eps", "floor"}
 
 
@@ -68,7 +69,7 @@ def compile_kernel(kernel, dtype: str, constexprs: dict, num_warps: int, num_sta
             signature[name] = "constexpr"
         elif name in FLOATS:
             signature[name] = "fp32"
-        elif name in ("N", "N_PER_SPLIT", "M") or name.startswith("s_"):
+        elif name in ("N", "N_PER_SPLIT", "M", "MAX_N", "ITERS", "N_TILES") or name.startswith("s_"):
             signature[name] = "i32"
         else:
             signature[name] = "*" + POINTERS.get(name, dtype)
@@ -177,11 +178,40 @@ def tile_cases() -> list:
                 c["BLOCK_DK"] = kw["BLOCK_DK"]
                 label = f"{kernel.fn.__name__:<22} {name:<17} {dtype} K={K} DH={DH:<5} N{kw['BLOCK_N']:>3} DV{kw['BLOCK_DV']:>5} DK{kw['BLOCK_DK']:>4} w{cfg.num_warps}"
                 cases.append((label, kernel, dtype, c, cfg.num_warps, cfg.num_stages))
+    cases += fold_tile_cases()
     for D in sorted({DH for _, _, _, DH, _ in TILE_SHAPES}):
         bm, bd = kgru._blocks(4096, D)
         for kernel in (kgru._gru_gates_fwd_kernel, kgru._gru_gates_bwd_kernel):
             label = f"{kernel.__name__:<22} D={D:<5} M{bm:>3} D{bd:>4} w4"
             cases.append((label, kernel, "bf16", dict(D=D, BLOCK_M=bm, BLOCK_D=bd), 4, 2))
+    return cases
+
+
+def fold_tile_cases() -> list:
+    """The folded one-head kernels (kernels/slot_attention_deferred.py) at the GPU tile their
+    launchers choose (``_tiles``), with SlotAttention's flags (folded key bias, no stored attention;
+    N split — no normalisation in the forward — where TILE_SHAPES says so)."""
+    import torch  # noqa: PLC0415
+
+    cases = []
+    for name, dtype, K, D, flags in TILE_SHAPES:
+        bn, bd, warps = kfold._tiles(D, torch.device("cuda"))
+        varlen = flags["varlen"]
+        common = dict(K=K, D=D, BLOCK_K=kfold._block_k(K), BLOCK_N=bn, BLOCK_D=bd, DOT_PREC="tf32",
+                      HAS_MASK=False, mask=None, IS_VARLEN=varlen)
+        if not varlen:
+            common["cu_seqlens"] = None
+        per_kernel = (
+            (kfold._fold_fwd_kernel, dict(HAS_BIAS=True, STORE_ATTN=False, attn=None, NORMALIZE=not flags["split"])),
+            (kfold._fold_scores_bwd_kernel, dict(HAS_BIAS=True)),
+            (kfold._fold_dq_bwd_kernel, dict(HAS_DATTN=False, dattn=None)),
+            (kfold._fold_dx_kernel, {}),
+        )
+        for kernel, extra in per_kernel:
+            args = kernel.fn.arg_names
+            c = {k: v for k, v in dict(common, **extra).items() if k in args}
+            label = f"{kernel.fn.__name__:<22} {name:<17} {dtype} K={K} D={D:<5} N{bn:>3} D{bd:>5} w{warps}"
+            cases.append((label, kernel, dtype, c, warps, 2))
     return cases
 
 

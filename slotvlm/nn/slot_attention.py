@@ -21,6 +21,11 @@ def _torch_gru(x: torch.Tensor, h: torch.Tensor, cell: nn.GRUCell) -> torch.Tens
     return cell(x, h)  # ATen's GRU cell: the exact numbers of the slot-attention package
 
 
+def _cast(t: torch.Tensor | None, dtype: torch.dtype) -> torch.Tensor | None:
+    """``t`` in ``dtype`` (floating tensors only; None stays None)."""
+    return t.to(dtype) if t is not None and t.is_floating_point() and t.dtype != dtype else t
+
+
 def _step_impl(backend: str):
     """The (attention step, GRU cell) pair for a concrete backend.
 
@@ -298,7 +303,7 @@ class SlotAttention(nn.Module):
         LayerNorm, 1 GEMM, the step kernel, 2 GEMMs, the GRU gate kernel, and the MLP block.
         """
         from ..ops.deferred import deferred_linear, weight_grad_tokens  # noqa: PLC0415
-        from ..ops.fused import _augment, _gru_gates, fold_step, x_grad_tokens  # noqa: PLC0415
+        from ..ops.fused import _augment, _gru_gates, fold_step, gru_hidden, x_grad_tokens  # noqa: PLC0415
 
         dev = x.device.type
         autocast = torch.get_autocast_dtype(dev) if torch.is_autocast_enabled(dev) else None
@@ -315,6 +320,8 @@ class SlotAttention(nn.Module):
             "q": (q_w, q_b), "gi": (g_w, self.gru.bias_ih), "gh": (self.gru.weight_hh, self.gru.bias_hh),
             "mlp1": (mlp1.weight, mlp1.bias), "mlp2": (mlp2.weight, mlp2.bias),
         }
+        if autocast is not None:  # weights too: cast once per forward, not in every iteration's backward
+            layers = {k: tuple(_cast(t, autocast) for t in wb) for k, wb in layers.items()}
         n_diff = 1 if self.implicit_grad else self.iters
         tokens, w_tokens = [], {}
         if torch.is_grad_enabled():
@@ -336,8 +343,12 @@ class SlotAttention(nn.Module):
             pair = tokens.pop() if tokens and torch.is_grad_enabled() else None
             out, attn = fold_step(qc, x.to(qc.dtype), mask, cu_seqlens, n_max, scale, eps, want_attn, pair)
             gi = linear("gi", out.view(b * num_slots, -1))
-            gh = linear("gh", prev)
-            new = _gru_gates(gi, gh, prev if prev.dtype == gi.dtype else prev.to(gi.dtype))
+            toks = w_tokens.get("gh")
+            if toks and torch.is_grad_enabled():  # h's two gradients summed inside one GEMM
+                new = gru_hidden(gi, prev, *layers["gh"], toks.pop())
+            else:
+                gh = linear("gh", prev)
+                new = _gru_gates(gi, gh, prev if prev.dtype == gi.dtype else prev.to(gi.dtype))
             new = new + linear("mlp2", linear("mlp1", self.norm_pre_ff(new), relu=True))
             return new.view(b, num_slots, d), attn
 

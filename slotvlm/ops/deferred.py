@@ -48,9 +48,12 @@ class _WeightTokens(torch.autograd.Function):
 
 
 def _linear(a: Tensor, weight: Tensor, bias: Optional[Tensor], relu: bool) -> Tensor:
-    """``F.linear`` (then ReLU). Outside autocast with a bias the ReLU rides in the GEMM's epilogue
-    (``aten::_addmm_activation``: cuBLASLt's fused epilogue on CUDA): one kernel, not two."""
-    if relu and bias is not None and not torch.is_autocast_enabled(a.device.type):
+    """``F.linear`` (then ReLU). With a bias the ReLU rides in the GEMM's epilogue
+    (``aten::_addmm_activation``: cuBLASLt's fused epilogue on CUDA): one kernel, not two — under
+    autocast only when input, weight and bias already share one dtype (nothing for autocast to cast)."""
+    if relu and bias is not None and (
+        not torch.is_autocast_enabled(a.device.type) or a.dtype == weight.dtype == bias.dtype
+    ):
         return torch._addmm_activation(bias, a, weight.t())
     out = torch.nn.functional.linear(a, weight, bias)
     return torch.relu(out) if relu else out
@@ -59,6 +62,11 @@ def _linear(a: Tensor, weight: Tensor, bias: Optional[Tensor], relu: bool) -> Te
 class _DeferredLinear(torch.autograd.Function):
     @staticmethod
     def forward(ctx, a, weight, bias, tok_a, tok_d, relu: bool):
+        dev = a.device.type
+        if torch.is_autocast_enabled(dev) and a.is_floating_point():
+            # what autocast's F.linear would do, done here so the saved input is the cast one
+            # (its weight-gradient token then needs no cast in the backward)
+            a = a.to(torch.get_autocast_dtype(dev))
         out = _linear(a, weight, bias, relu)
         ctx.save_for_backward(a, weight, out if relu else None)
         ctx.set_materialize_grads(False)

@@ -358,6 +358,39 @@ def _gru_backward(ctx, dout):
 _gru_gates.register_autograd(_gru_backward, setup_context=_gru_setup)
 
 
+class _GruHidden(torch.autograd.Function):
+    """``gru_gates(gi, h W_hhᵀ + b_hh, h)`` with the hidden GEMM's weight gradient deferred (as
+    :func:`slotvlm.ops.deferred.deferred_linear`). One node for both uses of h, so its backward
+    adds the GEMM's input gradient to the gates' in the GEMM itself (``addmm``): no separate add."""
+
+    @staticmethod
+    def forward(ctx, gi, h, w_hh, b_hh, tok_a, tok_d):
+        from .deferred import _linear  # noqa: PLC0415
+
+        hc = h if h.dtype == gi.dtype else h.to(gi.dtype)  # the compute dtype (autocast's, or h's)
+        gh = _linear(hc, w_hh, b_hh, False)
+        out = _gru_gates(gi, gh, hc)
+        ctx.save_for_backward(gi, gh, hc, w_hh)
+        ctx.set_materialize_grads(False)
+        return out
+
+    @staticmethod
+    def backward(ctx, dout):
+        if dout is None:
+            return None, None, None, None, None, None
+        gi, gh, hc, w_hh = ctx.saved_tensors
+        dgi, dgh, dh = _gru_gates_bwd(gi, gh, hc, dout)
+        dh = torch.addmm(dh, dgh, w_hh.to(dgh.dtype)) if ctx.needs_input_grad[1] else None
+        return dgi, dh, None, None, hc, dgh
+
+
+def gru_hidden(gi: Tensor, h: Tensor, w_hh: Tensor, b_hh: Optional[Tensor], tokens: tuple[Tensor, Tensor]) -> Tensor:
+    """The GRU's new hidden state ``[rows, D]`` from its input gates ``gi [rows, 3D]`` and hidden
+    state ``h [rows, D]``; the weight/bias gradient of ``W_hh``/``b_hh`` goes to ``tokens`` (a pair
+    from :func:`slotvlm.ops.deferred.weight_grad_tokens`)."""
+    return _GruHidden.apply(gi, h, w_hh, b_hh, tokens[0], tokens[1])
+
+
 # ---------------------------------------------------------------------------- public functions
 def _check_step(q, k, v, *, varlen: bool):
     check_tensor("q", q, ndim=4, floating=True)
