@@ -4,14 +4,14 @@
     python bench/slotssm_task.py --smoke                     # the CI-sized run of the tests
     python bench/slotssm_task.py --lengths 64 256 --seeds 0  # a reduced run
 
-The task ("blink memory", in the spirit of the SlotSSMs paper's multi-object tasks): a sequence of
-``T`` frames shows ``K`` objects; each frame is the set of the ``K`` objects' tokens in a random
-order (so which token is which object must be read from its identity features, not its place).
-Each object *blinks* exactly once, at a random frame in the first half of the sequence, showing
-one of ``C`` colours; in every other frame it is dark (its token carries only its identity and
-noise). At the end the model is asked the colour of one object, chosen at random — an answer given
-at least ``T/2`` frames after the blink that holds it, while the other objects' blinks come and go.
-Chance is ``1/C``.
+The task ("vanishing colours", in the spirit of the SlotSSMs paper's multi-object tasks): a
+sequence of ``T`` frames shows ``K`` objects; each frame is the set of the ``K`` objects' tokens in
+a random order (so which token is which object must be read from its identity features, not its
+place). Object k shows one of ``C`` colours from the first frame until it goes dark at its own
+random time in the first half of the sequence (its token then carries only its identity and
+noise). At the end the model is asked the colour of one object, chosen at random — an answer
+given at least ``T/2`` frames after the object was last seen, with the other objects vanishing at
+other times. Chance is ``1/C``.
 
 Models (all read the frame's tokens through a linear layer and answer through a small readout;
 their parameter counts are matched to within a few per cent by choosing the width, see the CSV):
@@ -54,7 +54,7 @@ from slotvlm.nn.slot_ssm import SlotSSM, SlotSSMLayer  # noqa: E402
 MODELS = ("SlotSSM", "single-state SSM", "slot transformer")
 STATE_DIM, EXPAND = 8, 1  # SSM state size and channel expansion (small: the scan runs as a Python loop on CPU)
 PRESETS = {
-    "default": dict(lengths=[64, 128, 256, 512, 1024], seeds=[0, 1, 2], steps=150, batch=32, eval_n=256),
+    "default": dict(lengths=[64, 128, 256, 512, 1024], seeds=[0, 1, 2], steps=300, batch=32, eval_n=256),
     "smoke": dict(lengths=[8, 16], seeds=[0, 1], steps=2, batch=4, eval_n=8),
 }
 
@@ -62,24 +62,24 @@ PRESETS = {
 # ------------------------------------------------------------------------------------------ data
 def make_batch(batch: int, length: int, objects: int = 4, colours: int = 8, noise: float = 0.1,
                generator: torch.Generator | None = None):
-    """One batch of the blink-memory task.
+    """One batch of the vanishing-colours task.
 
     Returns ``x [B, T, K, K + 1 + C]`` (per token: object one-hot, visible flag, colour one-hot,
-    plus Gaussian noise; tokens of a frame in random order), ``query [B]`` (object index) and
-    ``answer [B]`` (its colour). Each object blinks once at a frame uniform in ``[0, T // 2)``
-    (``T >= 2``).
+    plus Gaussian noise; the tokens of a frame in a random order), ``query [B]`` (an object index)
+    and ``answer [B]`` (its colour). Object k is visible, showing its colour, in frames
+    ``0 .. off_k - 1`` with ``off_k`` uniform in ``[1, T // 2]``, and dark afterwards (``T >= 2``).
     """
     if length < 2:
         raise ValueError(f"length must be >= 2, got {length}")
     g = generator
     b, t, k, c = batch, length, objects, colours
     colour = torch.randint(c, (b, k), generator=g)
-    when = torch.randint(max(1, t // 2), (b, k), generator=g)
+    off = 1 + torch.randint(t // 2, (b, k), generator=g)
+    shown = (torch.arange(t)[None, :, None] < off[:, None, :]).float()  # [B, T, K]
     feats = torch.zeros(b, t, k, k + 1 + c)
     feats[..., :k] = torch.eye(k)
-    bi, ki = torch.meshgrid(torch.arange(b), torch.arange(k), indexing="ij")
-    feats[bi, when, ki, k] = 1.0
-    feats[bi, when, ki, k + 1 + colour] = 1.0
+    feats[..., k] = shown
+    feats[..., k + 1:] = F.one_hot(colour, c)[:, None].float() * shown[..., None]
     feats = feats + noise * torch.randn(feats.shape, generator=g)
     perm = torch.rand(b, t, k, generator=g).argsort(-1)  # shuffle the tokens of every frame
     x = torch.gather(feats, 2, perm[..., None].expand_as(feats))
@@ -177,7 +177,7 @@ def matched_dims(slot_dim: int) -> dict:
 
 
 # ------------------------------------------------------------------------------------------ run
-def run_one(kind: str, dim: int, length: int, seed: int, steps: int, batch: int, eval_n: int, lr: float = 3e-3) -> dict:
+def run_one(kind: str, dim: int, length: int, seed: int, steps: int, batch: int, eval_n: int, lr: float = 1e-2) -> dict:
     torch.manual_seed(seed)
     model = TaskModel(kind, dim)
     opt = torch.optim.AdamW(model.parameters(), lr=lr)
@@ -286,9 +286,10 @@ def main(argv=None) -> int:
     ap.add_argument("--smoke", action="store_true", help="CI-sized: lengths 8 16, 2 steps, 2 seeds")
     ap.add_argument("--lengths", type=int, nargs="+", help="sequence lengths (default 64 128 256 512 1024)")
     ap.add_argument("--seeds", type=int, nargs="+", help="seeds (default 0 1 2)")
-    ap.add_argument("--steps", type=int, help="training steps per (model, length, seed) (default 150)")
+    ap.add_argument("--steps", type=int, help="training steps per (model, length, seed) (default 300)")
     ap.add_argument("--batch", type=int, help="batch size (default 32)")
     ap.add_argument("--eval", type=int, dest="eval_n", help="held-out sequences per length (default 256)")
+    ap.add_argument("--lr", type=float, default=1e-2, help="peak lr of AdamW, one-cycle schedule (default 1e-2)")
     ap.add_argument("--dim", type=int, default=32, help="SlotSSM width; the others are matched in parameters (default 32)")
     ap.add_argument("--save", action="store_true", help="write slotssm_task.{csv,md,png} to bench/results/ (else a temp folder)")
     ap.add_argument("--label", help="a label for the CSV rows (default: 'smoke' or 'default')")
@@ -311,21 +312,21 @@ def main(argv=None) -> int:
     t_start = time.time()
     results = []
     for kind, length, seed in tqdm(jobs, desc="slotssm task", unit="run", disable=args.smoke):
-        results.append(run_one(kind, dims[kind], length, seed, p["steps"], p["batch"], p["eval_n"]))
+        results.append(run_one(kind, dims[kind], length, seed, p["steps"], p["batch"], p["eval_n"], args.lr))
         r = results[-1]
         print(f"{kind:17s} T={length:5d} seed={seed} acc={r['accuracy']:.3f} loss={r['final_train_loss']:.3f} "
               f"train={r['train_s']:.1f}s infer={r['infer_ms_per_sequence']:.2f}ms/seq", flush=True)
     wall = time.time() - t_start
     label = args.label or ("smoke" if args.smoke else "default")
     summary = summarise(results)
-    title = (f"{label}: K=4 objects, C=8 colours, {p['steps']} steps x batch {p['batch']}, seeds {p['seeds']}, "
+    title = (f"{label}: K=4 objects, C=8 colours, {p['steps']} steps x batch {p['batch']}, lr {args.lr:g}, seeds {p['seeds']}, "
              f"{p['eval_n']} held-out sequences, {wall / 60:.0f} min on {device_name('cpu')}; mean ± s.e.")
     md = f"{title}\n\n" + markdown(summary)
     out_dir = os.path.join(ROOT, "bench", "results") if args.save else tempfile.mkdtemp(prefix="slotssm_task_")
     os.makedirs(out_dir, exist_ok=True)
     csv_path = os.path.join(out_dir, "slotssm_task.csv")
     stamp = {"timestamp": time.strftime("%Y-%m-%dT%H:%M:%S"), "commit": commit(), "device": device_name("cpu"),
-             "torch": torch.__version__, "label": label, "steps": p["steps"], "batch": p["batch"],
+             "torch": torch.__version__, "label": label, "steps": p["steps"], "batch": p["batch"], "lr": args.lr,
              "eval_sequences": p["eval_n"], "wall_s": round(wall, 1)}
     fields = [*stamp, "model", "dim", "params", "length", "seed", "accuracy", "final_train_loss", "train_s",
               "infer_ms_per_sequence"]

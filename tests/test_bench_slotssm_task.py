@@ -35,8 +35,11 @@ def test_make_batch_follows_the_task_definition():
     for i in range(64):
         for obj in range(k):
             frames = (visible[i] & (ident[i] == obj)).nonzero()[:, 0]
-            assert len(frames) == 1 and frames[0] < t // 2  # one blink, in the first half
-        # the answer: the colour shown when the queried object blinks
+            # shown from the first frame, without a gap, and gone by the middle
+            assert frames.tolist() == list(range(len(frames))) and 1 <= len(frames) <= t // 2
+            colours = {int(x[i, f, s, k + 1:].argmax()) for f, s in ((ident[i] == obj) & visible[i]).nonzero()}
+            assert len(colours) == 1  # one colour per object
+        # the answer: the colour the queried object showed
         f, slot = ((ident[i] == query[i]) & visible[i]).nonzero()[0]
         assert x[i, f, slot, k + 1:].argmax() == answer[i]
         dark = ~visible[i]
