@@ -32,7 +32,6 @@ temporary folder; with ``--save`` to bench/results/slotssm_task.{csv,png}.
 from __future__ import annotations
 
 import argparse
-import csv
 import math
 import os
 import sys
@@ -47,7 +46,7 @@ BENCH = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(BENCH)
 sys.path[:0] = [ROOT, BENCH]
 
-from _common import commit, device_name  # noqa: E402
+from _common import append_csv, commit, device_name  # noqa: E402
 
 from slotvlm.nn.slot_ssm import SlotSSM, SlotSSMLayer  # noqa: E402
 
@@ -183,7 +182,7 @@ def run_one(kind: str, dim: int, length: int, seed: int, steps: int, batch: int,
     opt = torch.optim.AdamW(model.parameters(), lr=lr)
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=steps, pct_start=0.1)
     g = torch.Generator().manual_seed(1000 * seed + length)
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), time.process_time()
     model.train()
     loss = torch.tensor(math.nan)
     for _ in range(steps):
@@ -194,7 +193,7 @@ def run_one(kind: str, dim: int, length: int, seed: int, steps: int, batch: int,
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         opt.step()
         sched.step()
-    train_s = time.perf_counter() - t0
+    train_s, train_cpu_s = time.perf_counter() - t0, time.process_time() - c0
     model.eval()
     ge = torch.Generator().manual_seed(10**6 + length)  # the same held-out sequences for every model and seed
     right, infer = 0, 0.0
@@ -206,7 +205,7 @@ def run_one(kind: str, dim: int, length: int, seed: int, steps: int, batch: int,
             infer += time.perf_counter() - t1
             right += int((pred == y).sum())
     return {"model": kind, "dim": dim, "params": n_params(model), "length": length, "seed": seed,
-            "accuracy": right / eval_n, "final_train_loss": float(loss.detach()), "train_s": train_s,
+            "accuracy": right / eval_n, "final_train_loss": float(loss.detach()), "train_s": train_s, "train_cpu_s": train_cpu_s,
             "infer_ms_per_sequence": 1e3 * infer / eval_n}
 
 
@@ -329,14 +328,9 @@ def main(argv=None) -> int:
              "torch": torch.__version__, "label": label, "steps": p["steps"], "batch": p["batch"], "lr": args.lr,
              "eval_sequences": p["eval_n"], "wall_s": round(wall, 1)}
     fields = [*stamp, "model", "dim", "params", "length", "seed", "accuracy", "final_train_loss", "train_s",
-              "infer_ms_per_sequence"]
-    new = not os.path.exists(csv_path) or os.path.getsize(csv_path) == 0
-    with open(csv_path, "a", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=fields)
-        if new:
-            w.writeheader()
-        for r in results:
-            w.writerow({**stamp, **{k: (round(v, 4) if isinstance(v, float) else v) for k, v in r.items()}})
+              "train_cpu_s", "infer_ms_per_sequence"]
+    append_csv(csv_path, [{**stamp, **{k: (round(v, 4) if isinstance(v, float) else v) for k, v in r.items()}}
+                          for r in results], fields)
     with open(os.path.join(out_dir, "slotssm_task.md"), "w") as f:
         f.write(md + "\n")
     png = plot(summary, os.path.join(out_dir, "slotssm_task.png"), title, chance=1 / 8)

@@ -24,7 +24,9 @@ stage, and the same connector seeds. Rows (``N`` = ``--steps``):
 
 Reported: held-out exact match overall, per question type (count, colour, shape, direction,
 order, after; see docs/training.md) and per need (object / event / both), visual tokens, training
-time per example seen and inference time per question (connector + greedy answer), mean ±
+time per example seen (wall clock, and the process's CPU seconds in the CSV: on a shared machine
+the CPU time is what an idle one would take per thread) and inference time per question
+(connector + greedy answer), mean ±
 standard error over the seeds; and the ceilings that do not depend on a seed: the video-blind
 answers (per-type and per-question majority of the training answers) and the frozen LLM reading
 the true description of the test video. Without ``--save`` the CSV, markdown table and chart go
@@ -34,7 +36,6 @@ from __future__ import annotations
 
 import argparse
 import collections
-import csv
 import json
 import math
 import os
@@ -49,7 +50,7 @@ BENCH = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(BENCH)
 sys.path[:0] = [ROOT, BENCH]
 
-from _common import commit, device_name  # noqa: E402
+from _common import append_csv, commit, device_name  # noqa: E402
 from train_synth import caption, caption_accuracy, evaluate, fit_text_prior, normalise  # noqa: E402
 
 from slotvlm.data import synth  # noqa: E402
@@ -176,14 +177,15 @@ def run_seed(shared: dict, work: str, seed: int, p: dict, lr: float, progress: b
         ("qformer", 3, None, [d("init_qformer"), d("q_slow"), d("q_fast")], n),
         ("pooling", 3, None, [d("init_pooling")], 3 * n),
     ]
-    secs, examples = {}, {}
+    secs, cpu, examples = {}, {}, {}
     for name, stage, branch, models, steps in tqdm(jobs, desc=f"seed {seed}: training", unit="stage",
                                                    disable=not progress):
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.process_time()
         train(TrainConfig(stage=stage, branch=branch, model=models, features=shared["cache"], data=shared["instr"],
                           out=d(name), max_steps=steps, batch_size=p["batch_size"],
                           lr=1e-3 if stage == 1 else lr, seed=seed, progress=False))
         secs[name], examples[name] = time.perf_counter() - t0, steps * p["batch_size"]
+        cpu[name] = time.process_time() - c0
     parts = {"Slot-VLM": ("slotvlm", ["s1", "slow", "fast", "slotvlm"]), "Slow-only": ("slow", ["s1", "slow"]),
              "Fast-only": ("fast", ["s1", "fast"]), "Pooling": ("pooling", ["pooling"]),
              "Q-Former": ("qformer", ["q_slow", "q_fast", "qformer"]),
@@ -200,7 +202,7 @@ def run_seed(shared: dict, work: str, seed: int, p: dict, lr: float, progress: b
         instruct_steps = sum(j[4] for j in jobs if j[0] in stages and j[1] > 1)
         out.append({"row": row, "seed": seed, "tokens": tokens, "instruct_steps": instruct_steps,
                     **{f"acc_{m}": v for m, v in score(hits, shared["kinds"]).items()},
-                    "train_s": train_s, "train_ms_per_example": 1e3 * train_s / sum(examples[s] for s in stages),
+                    "train_s": train_s, "train_cpu_s": sum(cpu[s] for s in stages), "train_ms_per_example": 1e3 * train_s / sum(examples[s] for s in stages),
                     "infer_ms_per_question": 1e3 * infer})
     return out
 
@@ -272,17 +274,11 @@ def plot(agg: list[dict], ceilings: dict, path: str, title: str) -> str:
 def write_csv(path: str, results: list[dict], ceilings: dict, stamp: dict) -> str:
     fields = ["timestamp", "commit", "device", "torch", "label", "videos", "stage1_steps", "steps", "batch_size",
               "lr", "wall_s", "row", "seed", "tokens", "instruct_steps", *[f"acc_{m}" for m in METRICS],
-              "train_s", "train_ms_per_example", "infer_ms_per_question"]
+              "train_s", "train_cpu_s", "train_ms_per_example", "infer_ms_per_question", "cpu_s"]
     rows = [{**stamp, **r} for r in results]
     rows += [{**stamp, "row": name, "seed": "-", **{f"acc_{m}": v for m, v in s.items()}} for name, s in ceilings.items()]
-    new = not os.path.exists(path) or os.path.getsize(path) == 0
-    with open(path, "a", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=fields, extrasaction="ignore")
-        if new:
-            w.writeheader()
-        for r in rows:
-            w.writerow({k: (round(v, 4) if isinstance(v, float) else v) for k, v in r.items()})
-    return path
+    rows = [{k: (round(v, 4) if isinstance(v, float) else v) for k, v in r.items()} for r in rows]
+    return str(append_csv(path, rows, fields))
 
 
 def main(argv=None) -> int:
@@ -336,7 +332,8 @@ def main(argv=None) -> int:
     stamp = {"timestamp": time.strftime("%Y-%m-%dT%H:%M:%S"), "commit": commit(),
              "device": device_name("cuda" if torch.cuda.is_available() else "cpu"), "torch": torch.__version__,
              "label": label, "videos": p["videos"], "stage1_steps": p["stage1_steps"], "steps": p["steps"],
-             "batch_size": p["batch_size"], "lr": args.lr, "wall_s": round(wall, 1)}
+             "batch_size": p["batch_size"], "lr": args.lr, "wall_s": round(wall, 1),
+             "cpu_s": round(time.process_time(), 1)}
     csv_path = write_csv(os.path.join(out_dir, "table2.csv"), results, shared["ceilings"], stamp)
     md = f"{title}\n\n" + markdown(agg, shared["ceilings"])
     with open(os.path.join(out_dir, "table2.md"), "w") as f:

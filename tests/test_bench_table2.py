@@ -85,3 +85,15 @@ def test_bad_arguments_are_refused():
     b = load_bench()
     with pytest.raises(SystemExit, match="--steps must be >= 1, got 0"):
         b.main(["--smoke", "--steps", "0"])
+
+
+def test_append_csv_widens_an_older_file(tmp_path):
+    load_bench()
+    from _common import append_csv
+
+    path = tmp_path / "r.csv"
+    append_csv(path, [{"a": 1, "b": 2}], ["a", "b"])
+    append_csv(path, [{"a": 3, "b": 4}], ["a", "b"])
+    append_csv(path, [{"a": 5, "c": 6}], ["a", "c"])
+    rows = list(csv.DictReader(open(path)))
+    assert rows == [{"a": "1", "b": "2", "c": ""}, {"a": "3", "b": "4", "c": ""}, {"a": "5", "b": "", "c": "6"}]
