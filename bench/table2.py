@@ -147,6 +147,20 @@ def prepare(work: str, p: dict, progress: bool) -> dict:
             "train_examples": len(examples), "test_questions": len(test_q), "ceilings": ceilings}
 
 
+def _finished(tc) -> float | None:
+    """Seconds of training logged by a finished run of exactly this stage in ``tc.out``, else None."""
+    try:
+        args = json.load(open(os.path.join(tc.out, "train_args.json")))
+        log = [json.loads(x) for x in open(os.path.join(tc.out, "log.jsonl")) if x.strip()]
+    except (OSError, ValueError):
+        return None
+    same = all(args.get(k) == getattr(tc, k) for k in ("stage", "branch", "model", "data", "batch_size", "lr", "seed"))
+    if not (same and args.get("total_steps") == tc.max_steps and len(log) == tc.max_steps
+            and os.path.exists(os.path.join(tc.out, "slotvlm_config.json"))):
+        return None
+    return sum(r["step_time_s"] for r in log)
+
+
 def run_seed(shared: dict, work: str, seed: int, p: dict, lr: float, progress: bool) -> list[dict]:
     """Train and evaluate every row with connector seed ``seed``; one result dict per row."""
     from tqdm import tqdm
@@ -180,12 +194,17 @@ def run_seed(shared: dict, work: str, seed: int, p: dict, lr: float, progress: b
     secs, cpu, examples = {}, {}, {}
     for name, stage, branch, models, steps in tqdm(jobs, desc=f"seed {seed}: training", unit="stage",
                                                    disable=not progress):
+        examples[name] = steps * p["batch_size"]
+        tc = TrainConfig(stage=stage, branch=branch, model=models, features=shared["cache"], data=shared["instr"],
+                         out=d(name), max_steps=steps, batch_size=p["batch_size"], lr=1e-3 if stage == 1 else lr,
+                         seed=seed, progress=False)
+        done = _finished(tc)
+        if done is not None:  # an earlier run of the same stage in this --work folder: reuse it
+            secs[name], cpu[name] = done, math.nan
+            continue
         t0, c0 = time.perf_counter(), time.process_time()
-        train(TrainConfig(stage=stage, branch=branch, model=models, features=shared["cache"], data=shared["instr"],
-                          out=d(name), max_steps=steps, batch_size=p["batch_size"],
-                          lr=1e-3 if stage == 1 else lr, seed=seed, progress=False))
-        secs[name], examples[name] = time.perf_counter() - t0, steps * p["batch_size"]
-        cpu[name] = time.process_time() - c0
+        train(tc)
+        secs[name], cpu[name] = time.perf_counter() - t0, time.process_time() - c0
     parts = {"Slot-VLM": ("slotvlm", ["s1", "slow", "fast", "slotvlm"]), "Slow-only": ("slow", ["s1", "slow"]),
              "Fast-only": ("fast", ["s1", "fast"]), "Pooling": ("pooling", ["pooling"]),
              "Q-Former": ("qformer", ["q_slow", "q_fast", "qformer"]),
@@ -294,7 +313,8 @@ def main(argv=None) -> int:
     ap.add_argument("--batch-size", type=int, help="global batch of every stage (default 16)")
     ap.add_argument("--seeds", type=int, nargs="+", help="connector seeds (default 0 1 2)")
     ap.add_argument("--lr", type=float, default=3e-3, help="stage 2/3 peak lr, cosine with 3 %% warm-up (default 3e-3)")
-    ap.add_argument("--work", help="folder for data, models and caches (default: a temporary folder, deleted)")
+    ap.add_argument("--work", help="folder for data, models and caches (default: a temporary folder, deleted); "
+                    "a rerun in the same folder reuses the finished stages of the same recipe")
     ap.add_argument("--save", action="store_true", help="write table2.{csv,md,png} to bench/results/ (else a temp folder)")
     ap.add_argument("--label", help="a label for the CSV rows (default: the preset name)")
     args = ap.parse_args(argv)
