@@ -3,24 +3,17 @@ models (matched sizes, causal), and the smoke run end to end."""
 from __future__ import annotations
 
 import csv
-import importlib.util
 import re
-import sys
 from pathlib import Path
 
 import pytest
 import torch
 
-BENCH = Path(__file__).resolve().parent.parent / "bench"
+from bench_loader import load_bench_script
 
 
 def load_bench():
-    sys.path.insert(0, str(BENCH))
-    spec = importlib.util.spec_from_file_location("bench_slotssm_task", BENCH / "slotssm_task.py")
-    mod = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = mod
-    spec.loader.exec_module(mod)
-    return mod
+    return load_bench_script("slotssm_task")
 
 
 def test_make_batch_follows_the_task_definition():

@@ -3,25 +3,18 @@ end in its smoke mode (6 tiny videos, 1 step per stage, 2 seeds; ~15 s of CPU)."
 from __future__ import annotations
 
 import csv
-import importlib.util
 import json
 import math
 import re
-import sys
 from pathlib import Path
 
 import pytest
 
-BENCH = Path(__file__).resolve().parent.parent / "bench"
+from bench_loader import load_bench_script
 
 
 def load_bench():
-    sys.path.insert(0, str(BENCH))
-    spec = importlib.util.spec_from_file_location("bench_table2", BENCH / "table2.py")
-    mod = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = mod
-    spec.loader.exec_module(mod)
-    return mod
+    return load_bench_script("table2")
 
 
 def test_mean_se_and_score_by_hand():
