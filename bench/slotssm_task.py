@@ -1,6 +1,6 @@
 """SlotSSM in miniature: per-slot states vs one monolithic state on a multi-object long-context task.
 
-    OMP_NUM_THREADS=2 python bench/slotssm_task.py           # default: <= 45 min on a 2-core CPU
+    OMP_NUM_THREADS=2 python bench/slotssm_task.py           # default: ~45 min on an idle 2-core CPU (estimated)
     python bench/slotssm_task.py --smoke                     # the CI-sized run of the tests
     python bench/slotssm_task.py --lengths 64 256 --seeds 0  # a reduced run
 
