@@ -123,3 +123,25 @@ def append_rows(
             writer.writeheader()
         writer.writerows(rows)
     return path
+
+
+def append_csv(path, rows: list[dict], fields: list[str]) -> Path:
+    """Append ``rows`` to the CSV at ``path`` with columns ``fields``. A file written earlier with
+    other columns is rewritten once with the union of both (old rows keep empty new cells), so a
+    results file survives a benchmark gaining a column."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    old_rows, old_fields = [], []
+    if path.exists() and path.stat().st_size:
+        with path.open(newline="") as fh:
+            reader = csv.DictReader(fh)
+            old_fields, old_rows = list(reader.fieldnames or []), list(reader)
+    merged = old_fields + [f for f in fields if f not in old_fields]
+    mode = "a" if merged == old_fields else "w"
+    with path.open(mode, newline="") as fh:
+        writer = csv.DictWriter(fh, fieldnames=merged, extrasaction="ignore")
+        if mode == "w":
+            writer.writeheader()
+            writer.writerows(old_rows)
+        writer.writerows(rows)
+    return path

@@ -98,8 +98,9 @@ def fit_text_prior(llm_dir: str, out_dir: str, examples, captions: dict, steps: 
 
 
 @torch.no_grad()
-def caption_accuracy(llm_dir: str, captions: dict, qa_dir: str) -> float:
-    """The frozen LLM given the *true* description of each test video: the ceiling of stage 2."""
+def caption_accuracy(llm_dir: str, captions: dict, qa_dir: str, per_question: bool = False):
+    """The frozen LLM given the *true* description of each test video: the ceiling of stage 2.
+    Returns the accuracy, or ``(accuracy, {question_id: correct})`` with ``per_question``."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from slotvlm.conversation import VIDEO_TOKEN, get_template
@@ -110,15 +111,16 @@ def caption_accuracy(llm_dir: str, captions: dict, qa_dir: str) -> float:
     conv = get_template("vicuna_v1")
     qs = json.load(open(os.path.join(qa_dir, "test_q.json")))
     ans = {a["question_id"]: a["answer"] for a in json.load(open(os.path.join(qa_dir, "test_a.json")))}
-    right = 0
+    hits = {}
     for i in range(0, len(qs), 64):
         chunk = qs[i : i + 64]
         prompts = [conv.prompt(q["question"]).replace(VIDEO_TOKEN, captions["v_" + q["video_name"]]) for q in chunk]
         enc = tok(prompts, return_tensors="pt", padding=True)
         out = llm.generate(**enc, max_new_tokens=8, do_sample=False, pad_token_id=tok.pad_token_id)
         texts = tok.batch_decode(out[:, enc.input_ids.shape[1]:], skip_special_tokens=True)
-        right += sum(normalise(t) == normalise(ans[q["question_id"]]) for q, t in zip(chunk, texts))
-    return right / len(qs)
+        hits.update({q["question_id"]: normalise(t) == normalise(ans[q["question_id"]]) for q, t in zip(chunk, texts)})
+    acc = sum(hits.values()) / len(qs)
+    return (acc, hits) if per_question else acc
 
 
 @torch.no_grad()

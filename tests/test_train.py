@@ -73,7 +73,7 @@ def test_synth_is_deterministic_and_answers_match_the_pixels(tmp_path):
     instr = json.loads((a / "instructions.json").read_text())
     q, ans = json.loads((a / "qa/test_q.json").read_text()), json.loads((a / "qa/test_a.json").read_text())
     assert set(instr[0]) == {"video_id", "q", "a"} and set(q[0]) == {"video_name", "question", "question_id"}
-    assert set(ans[0]) == {"answer", "type", "question_id"} and [x["question_id"] for x in q] == [x["question_id"] for x in ans]
+    assert set(ans[0]) == {"answer", "type", "kind", "question_id"} and [x["question_id"] for x in q] == [x["question_id"] for x in ans]
     assert all((a / "videos" / f"{r['video_id']}.mp4").exists() for r in instr)
     assert all((a / "videos" / f"v_{r['video_name']}.mp4").exists() for r in q)
     assert {r["video_name"] for r in q}.isdisjoint({r["video_id"][2:] for r in instr})  # held-out videos

@@ -11,7 +11,7 @@ Output layout (the real data formats)::
     OUT/videos/v_synth00000.mp4 ...
     OUT/instructions.json     VideoInstruct-100K: [{"video_id": "v_synth00000", "q": ..., "a": ...}]
     OUT/qa/test_q.json        ActivityNet-QA:     [{"video_name": "synth00042", "question", "question_id"}]
-    OUT/qa/test_a.json                            [{"answer", "type", "question_id"}]
+    OUT/qa/test_a.json                            [{"answer", "type", "kind", "question_id"}]
     OUT/meta.json             the scene description of every video (for debugging and analysis)
 
 As in the real data sets, instruction ``video_id`` carries the ``v_`` prefix of the file name and
@@ -42,7 +42,26 @@ NOISY_MARKER = "QA_GT_caption_based_noisy"
 BACKGROUND = (30, 30, 30)
 
 # ActivityNet-QA question types: 0 motion, 2 temporal, 4 color, 5 object, 7 number.
-QTYPE = {"direction": 0, "first": 2, "after": 2, "last": 2, "colour": 4, "change": 4, "shape": 5, "count": 7}
+QTYPE = {"direction": 0, "first": 2, "after": 2, "last": 2, "colour": 4, "change": 4, "shape": 5, "count": 7,
+         "before": 4, "which_dir": 0, "order_pair": 2}
+
+# What each question kind needs from the video. "object": appearance detail of one moment (colour,
+# shape, how many) — what the object branch's 8 full-resolution frames hold; "event": temporal
+# order or motion, coarse appearance at most — what the event branch's every-frame, 4×4-pooled
+# tokens hold; "both": fine appearance *and* when / how it moves. The written version is in
+# docs/training.md.
+NEEDS = {
+    "colour": "object", "shape": "object", "count": "object", "change": "object",
+    "direction": "event", "first": "both", "last": "both", "after": "both",
+    "before": "both", "which_dir": "both", "order_pair": "event",
+}
+# The report groups of bench/table2.py (the issue's types: count, colour, shape, direction, order,
+# "what appears after").
+REPORT_TYPE = {
+    "count": "count", "colour": "colour", "change": "colour", "before": "colour", "shape": "shape",
+    "direction": "direction", "which_dir": "direction", "first": "order", "last": "order",
+    "order_pair": "order", "after": "after",
+}
 
 
 @dataclass
@@ -233,6 +252,55 @@ def questions_for(scene: Scene) -> list[tuple[str, str, str]]:
         qa.append(("last", "Which object appears last?", objs[-1].name()))
         for a, b in zip(objs, objs[1:]):
             qa.append(("after", f"What appears after the {a.name()}?", b.name()))
+    qa += extra_questions(scene)
+    return qa
+
+
+_KIND_PATTERNS = (
+    ("count", "How many objects"), ("before", "before it changes?"), ("colour", "at the end of the video?"),
+    ("change", "turn into?"), ("shape", "What shape"), ("direction", "In which direction"),
+    ("first", "appears first?"), ("last", "appears last?"), ("after", "What appears after"),
+    ("which_dir", "Which object moves"), ("order_pair", "appear before or after"),
+)
+
+
+def question_kind(question: str) -> str:
+    """The kind (a key of :data:`NEEDS`) of a question written by :func:`questions_for`.
+
+    Raises ``ValueError`` naming the question when it is not one of the synthetic templates."""
+    for kind, pattern in _KIND_PATTERNS:
+        if pattern in question:
+            return kind
+    raise ValueError(f"question is not a synthetic-data template: {question!r}")
+
+
+def extra_questions(scene: Scene) -> list[tuple[str, str, str]]:
+    """The question kinds added to tell the two branches apart (see :data:`NEEDS`):
+
+    * ``before`` (both): the colour of an object *before* it changes — fine colour plus when;
+    * ``which_dir`` (both): which object (colour + shape) moves in a given direction, asked only
+      when exactly one object does — motion plus identity;
+    * ``order_pair`` (event): does the X-coloured object appear before or after the Y-coloured one —
+      order only, colour at the coarse level the pooled event tokens keep; ``before`` and ``after``
+      are balanced: the pairs alternate which object is named first, starting from the parity of
+      the video's number (a pure function of the scene).
+    """
+    objs = sorted(scene.objects, key=lambda o: o.appear)
+    digits = "".join(ch for ch in scene.video_id if ch.isdigit())
+    qa = []
+    for o in objs:
+        if o.new_colour is not None:
+            qa.append(("before", f"What color is the {o.shape} before it changes?", o.colour))
+    for d in DIRECTIONS:
+        movers = [o for o in objs if o.direction == d]
+        if len(movers) == 1:
+            qa.append(("which_dir", f"Which object moves {d}?", movers[0].name()))
+    k = int(digits[-6:]) % 2 if digits else 0
+    for i, a in enumerate(objs):
+        for b in objs[i + 1 :]:
+            x, y, ans = (a, b, "before") if k % 2 == 0 else (b, a, "after")
+            qa.append(("order_pair", f"Does the {x.colour} object appear before or after the {y.colour} object?", ans))
+            k += 1
     return qa
 
 
@@ -276,7 +344,7 @@ def generate(out: str, videos: int, seed: int = 0, seconds: float = 8.0, size: i
                 name = scene.video_id[2:]  # ActivityNet-QA names drop the file's "v_" prefix
                 qid = f"{scene.video_id}_{j}"
                 test_q.append({"video_name": name, "question": q, "question_id": qid})
-                test_a.append({"answer": a, "type": QTYPE[kind], "question_id": qid})
+                test_a.append({"answer": a, "type": QTYPE[kind], "kind": kind, "question_id": qid})
     for scene in tqdm(scenes, desc="synth", unit="video", disable=not progress):
         path = os.path.join(out, "videos", f"{scene.video_id}.mp4")
         write_mp4(path, render(scene, fps), fps)

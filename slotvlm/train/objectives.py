@@ -126,4 +126,5 @@ class ConnectorForward(nn.Module):
 
     def forward(self, slow: torch.Tensor, fast: list[torch.Tensor]) -> torch.Tensor:
         c = self.connector
-        return c(slow=slow if c.use_slow else None, fast=fast if c.use_fast else None)
+        # The pooling baseline has no branches (it reads both inputs): no use_slow / use_fast.
+        return c(slow=slow if getattr(c, "use_slow", True) else None, fast=fast if getattr(c, "use_fast", True) else None)

@@ -1,0 +1,345 @@
+"""SlotSSM in miniature: per-slot states vs one monolithic state on a multi-object long-context task.
+
+    OMP_NUM_THREADS=2 python bench/slotssm_task.py           # default: ~45 min on an idle 2-core CPU (estimated)
+    python bench/slotssm_task.py --smoke                     # the CI-sized run of the tests
+    python bench/slotssm_task.py --lengths 64 256 --seeds 0  # a reduced run
+
+The task ("vanishing colours", in the spirit of the SlotSSMs paper's multi-object tasks): a
+sequence of ``T`` frames shows ``K`` objects; each frame is the set of the ``K`` objects' tokens in
+a random order (so which token is which object must be read from its identity features, not its
+place). Object k shows one of ``C`` colours from the first frame until it goes dark at its own
+random time in the first half of the sequence (its token then carries only its identity and
+noise). At the end the model is asked the colour of one object, chosen at random — an answer
+given at least ``T/2`` frames after the object was last seen, with the other objects vanishing at
+other times. Chance is ``1/C``.
+
+Models (all read the frame's tokens through a linear layer and answer through a small readout;
+their parameter counts are matched to within a few per cent by choosing the width, see the CSV):
+
+  SlotSSM            ``slotvlm.SlotSSM`` (K slots, one layer): slot encoder per frame, a selective
+                     SSM per slot over time, slots mixed by attention; readout: the query object's
+                     embedding attends over the last frame's slots.
+  single-state SSM   the same SlotSSM layer with one slot fed one token per frame (an MLP of the
+                     whole frame, so the binding of colour to object is available to it): one
+                     monolithic state carries everything; readout: an MLP of state and query.
+  slot transformer   the SlotSSM layer with the SSM replaced by causal self-attention over time
+                     per slot (no recurrence; attention cost grows as T²); same readout as SlotSSM.
+
+Reported per (model, length): held-out accuracy on fresh sequences and inference time per
+sequence (this CPU), mean ± standard error over seeds. Without ``--save`` the CSV and chart go to a
+temporary folder; with ``--save`` to bench/results/slotssm_task.{csv,png}.
+"""
+from __future__ import annotations
+
+import argparse
+import math
+import os
+import sys
+import tempfile
+import time
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+BENCH = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.path.dirname(BENCH)
+sys.path[:0] = [ROOT, BENCH]
+
+from _common import append_csv, commit, device_name  # noqa: E402
+
+from slotvlm.nn.slot_ssm import SlotSSM, SlotSSMLayer  # noqa: E402
+
+MODELS = ("SlotSSM", "single-state SSM", "slot transformer")
+STATE_DIM, EXPAND = 8, 1  # SSM state size and channel expansion (small: the scan runs as a Python loop on CPU)
+PRESETS = {
+    # default: sized for <= 45 min on an idle 2-core CPU from the measured CPU seconds per step
+    # (T = 256, batch 32: SlotSSM 1.0 s, single-state 0.25 s, slot transformer 0.5 s; linear in T and batch)
+    "default": dict(lengths=[64, 128, 256, 512, 1024], seeds=[0, 1, 2], steps=120, batch=16, eval_n=256),
+    "smoke": dict(lengths=[8, 16], seeds=[0, 1], steps=2, batch=4, eval_n=8),
+}
+
+
+# ------------------------------------------------------------------------------------------ data
+def make_batch(batch: int, length: int, objects: int = 4, colours: int = 8, noise: float = 0.1,
+               generator: torch.Generator | None = None):
+    """One batch of the vanishing-colours task.
+
+    Returns ``x [B, T, K, K + 1 + C]`` (per token: object one-hot, visible flag, colour one-hot,
+    plus Gaussian noise; the tokens of a frame in a random order), ``query [B]`` (an object index)
+    and ``answer [B]`` (its colour). Object k is visible, showing its colour, in frames
+    ``0 .. off_k - 1`` with ``off_k`` uniform in ``[1, T // 2]``, and dark afterwards (``T >= 2``).
+    """
+    if length < 2:
+        raise ValueError(f"length must be >= 2, got {length}")
+    g = generator
+    b, t, k, c = batch, length, objects, colours
+    colour = torch.randint(c, (b, k), generator=g)
+    off = 1 + torch.randint(t // 2, (b, k), generator=g)
+    shown = (torch.arange(t)[None, :, None] < off[:, None, :]).float()  # [B, T, K]
+    feats = torch.zeros(b, t, k, k + 1 + c)
+    feats[..., :k] = torch.eye(k)
+    feats[..., k] = shown
+    feats[..., k + 1:] = F.one_hot(colour, c)[:, None].float() * shown[..., None]
+    feats = feats + noise * torch.randn(feats.shape, generator=g)
+    perm = torch.rand(b, t, k, generator=g).argsort(-1)  # shuffle the tokens of every frame
+    x = torch.gather(feats, 2, perm[..., None].expand_as(feats))
+    query = torch.randint(k, (b,), generator=g)
+    return x, query, colour[torch.arange(b), query]
+
+
+# ------------------------------------------------------------------------------------------ models
+class _TemporalAttention(nn.Module):
+    """Causal multi-head self-attention over time, independently per slot: ``[B, T, K, D]`` → same."""
+
+    def __init__(self, dim: int, heads: int):
+        super().__init__()
+        self.heads = heads
+        self.norm = nn.LayerNorm(dim)
+        self.qkv = nn.Linear(dim, 3 * dim)
+        self.out = nn.Linear(dim, dim)
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        b, t, k, d = z.shape
+        h = self.heads
+        x = self.norm(z).permute(0, 2, 1, 3).reshape(b * k, t, d)
+        q, kk, v = self.qkv(x).reshape(b * k, t, 3, h, d // h).permute(2, 0, 3, 1, 4)
+        o = F.scaled_dot_product_attention(q, kk, v, is_causal=True).transpose(1, 2).reshape(b * k, t, d)
+        return self.out(o).reshape(b, k, t, d).permute(0, 2, 1, 3)
+
+
+class SlotTransformerLayer(SlotSSMLayer):
+    """A :class:`SlotSSMLayer` whose per-slot SSM is replaced by causal temporal self-attention."""
+
+    def __init__(self, dim: int, num_slots: int, **kw):
+        super().__init__(dim, num_slots, **kw)
+        for name in ("norm_ssm", "in_proj", "x_proj", "dt_proj", "out_proj", "A_log", "D"):
+            delattr(self, name)
+        self.temporal = _TemporalAttention(dim, kw["mixer_heads"])
+
+    def ssm(self, z, h0):
+        return self.temporal(z), None
+
+
+def _layer_kwargs(dim: int) -> dict:
+    heads = 4 if dim % 4 == 0 else 1
+    return dict(state_dim=STATE_DIM, expand=EXPAND, dt_rank=math.ceil(dim / 16), encoder_iters=1, encoder_heads=1,
+                mixer_heads=heads, ffn_mult=2, recurrent_encoder=False, dt_min=1e-3, dt_max=1e-1, backend="torch")
+
+
+class TaskModel(nn.Module):
+    """``kind`` in :data:`MODELS`; ``forward(x [B, T, K, F], query [B])`` → logits ``[B, C]``."""
+
+    def __init__(self, kind: str, dim: int, objects: int = 4, colours: int = 8):
+        super().__init__()
+        if kind not in MODELS:
+            raise ValueError(f"kind must be one of {MODELS}, got {kind!r}")
+        self.kind = kind
+        feat = objects + 1 + colours
+        kw = _layer_kwargs(dim)
+        slots = 1 if kind == "single-state SSM" else objects
+        self.core = SlotSSM(dim, slots, num_layers=1, state_dim=STATE_DIM, expand=EXPAND, ffn_mult=kw["ffn_mult"],
+                            recurrent_encoder=False, mixer_heads=kw["mixer_heads"], backend="torch")
+        if kind == "slot transformer":
+            self.core.layers = nn.ModuleList([SlotTransformerLayer(dim, slots, **kw)])
+        if kind == "single-state SSM":
+            # The whole frame (its K tokens, concatenated) becomes the one token the single state reads.
+            self.embed = nn.Sequential(nn.Linear(objects * feat, dim), nn.GELU(), nn.Linear(dim, dim))
+        else:
+            self.embed = nn.Linear(feat, dim)
+        self.query = nn.Embedding(objects, dim)
+        self.head = nn.Sequential(nn.Linear(2 * dim, dim), nn.GELU(), nn.Linear(dim, colours))
+
+    def forward(self, x: torch.Tensor, query: torch.Tensor) -> torch.Tensor:
+        b, t, k, f = x.shape
+        if self.kind == "single-state SSM":
+            h = self.embed(x.reshape(b, t, 1, k * f))
+        else:
+            h = self.embed(x)
+        last = self.core(h)[:, -1]  # [B, K, D] (K = 1 for the single state)
+        q = self.query(query)  # [B, D]
+        w = torch.softmax((last @ q[:, :, None]).squeeze(-1) / math.sqrt(q.shape[-1]), dim=-1)  # [B, K]
+        read = (w[..., None] * last).sum(1)
+        return self.head(torch.cat([read, q], -1))
+
+
+def n_params(m: nn.Module) -> int:
+    return sum(p.numel() for p in m.parameters())
+
+
+def matched_dims(slot_dim: int) -> dict:
+    """Widths giving every model about the parameter count of the SlotSSM at ``slot_dim``."""
+    target = n_params(TaskModel("SlotSSM", slot_dim))
+    dims = {"SlotSSM": slot_dim}
+    for kind in MODELS[1:]:
+        best = min(range(4, 4 * slot_dim + 1, 4), key=lambda d: abs(n_params(TaskModel(kind, d)) - target))
+        dims[kind] = best
+    return dims
+
+
+# ------------------------------------------------------------------------------------------ run
+def run_one(kind: str, dim: int, length: int, seed: int, steps: int, batch: int, eval_n: int, lr: float = 1e-2) -> dict:
+    torch.manual_seed(seed)
+    model = TaskModel(kind, dim)
+    opt = torch.optim.AdamW(model.parameters(), lr=lr)
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=steps, pct_start=0.1)
+    g = torch.Generator().manual_seed(1000 * seed + length)
+    t0, c0 = time.perf_counter(), time.process_time()
+    model.train()
+    loss = torch.tensor(math.nan)
+    for _ in range(steps):
+        x, q, y = make_batch(batch, length, generator=g)
+        loss = F.cross_entropy(model(x, q), y)
+        opt.zero_grad()
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        sched.step()
+    train_s, train_cpu_s = time.perf_counter() - t0, time.process_time() - c0
+    model.eval()
+    ge = torch.Generator().manual_seed(10**6 + length)  # the same held-out sequences for every model and seed
+    right, infer = 0, 0.0
+    with torch.no_grad():
+        for i in range(0, eval_n, batch):
+            x, q, y = make_batch(min(batch, eval_n - i), length, generator=ge)
+            t1 = time.perf_counter()
+            pred = model(x, q).argmax(-1)
+            infer += time.perf_counter() - t1
+            right += int((pred == y).sum())
+    return {"model": kind, "dim": dim, "params": n_params(model), "length": length, "seed": seed,
+            "accuracy": right / eval_n, "final_train_loss": float(loss.detach()), "train_s": train_s, "train_cpu_s": train_cpu_s,
+            "infer_ms_per_sequence": 1e3 * infer / eval_n}
+
+
+def mean_se(values):
+    m = sum(values) / len(values)
+    if len(values) < 2:
+        return m, math.nan
+    return m, math.sqrt(sum((v - m) ** 2 for v in values) / (len(values) - 1) / len(values))
+
+
+def summarise(results: list[dict]) -> list[dict]:
+    out = []
+    for kind in MODELS:
+        for length in sorted({r["length"] for r in results}):
+            rs = [r for r in results if r["model"] == kind and r["length"] == length]
+            if rs:
+                acc, acc_se = mean_se([r["accuracy"] for r in rs])
+                ms, ms_se = mean_se([r["infer_ms_per_sequence"] for r in rs])
+                out.append({"model": kind, "length": length, "params": rs[0]["params"], "seeds": len(rs),
+                            "accuracy": acc, "accuracy_se": acc_se, "infer_ms": ms, "infer_ms_se": ms_se,
+                            "train_s": sum(r["train_s"] for r in rs) / len(rs)})
+    return out
+
+
+def markdown(summary: list[dict]) -> str:
+    lengths = sorted({s["length"] for s in summary})
+    head = ["model", "params"] + [f"T={t} acc %" for t in lengths] + [f"T={t} ms/seq" for t in lengths]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for kind in MODELS:
+        ss = {s["length"]: s for s in summary if s["model"] == kind}
+        if not ss:
+            continue
+        se = lambda v: "" if math.isnan(v) else f" ± {v:.1f}"  # noqa: E731
+        cells = [kind, str(next(iter(ss.values()))["params"])]
+        cells += [f"{100 * ss[t]['accuracy']:.1f}{se(100 * ss[t]['accuracy_se'])}" if t in ss else "–" for t in lengths]
+        cells += [f"{ss[t]['infer_ms']:.2f}" if t in ss else "–" for t in lengths]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def plot(summary: list[dict], path: str, title: str, chance: float) -> str:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (a1, a2) = plt.subplots(1, 2, figsize=(10, 3.8))
+    for kind in MODELS:
+        ss = sorted((s for s in summary if s["model"] == kind), key=lambda s: s["length"])
+        if not ss:
+            continue
+        xs = [s["length"] for s in ss]
+        a1.errorbar(xs, [100 * s["accuracy"] for s in ss],
+                    yerr=[0 if math.isnan(s["accuracy_se"]) else 100 * s["accuracy_se"] for s in ss],
+                    marker="o", capsize=3, label=f"{kind} ({ss[0]['params']:,} params)")
+        a2.plot(xs, [s["infer_ms"] for s in ss], marker="o", label=kind)
+    a1.axhline(100 * chance, color="k", ls=":", lw=1, label="chance")
+    for ax in (a1, a2):
+        ax.set_xscale("log", base=2)
+        ax.set_xlabel("sequence length T (frames)")
+    a1.set_ylabel("held-out accuracy (%)")
+    a1.set_ylim(0, 100)
+    a2.set_ylabel("inference ms per sequence (CPU)")
+    a2.set_yscale("log")
+    a1.legend(fontsize=7)
+    a2.legend(fontsize=7)
+    fig.suptitle(title, fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+    return path
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], epilog=__doc__.split("\n\n", 1)[1],
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--smoke", action="store_true", help="CI-sized: lengths 8 16, 2 steps, 2 seeds")
+    ap.add_argument("--lengths", type=int, nargs="+", help="sequence lengths (default 64 128 256 512 1024)")
+    ap.add_argument("--seeds", type=int, nargs="+", help="seeds (default 0 1 2)")
+    ap.add_argument("--steps", type=int, help="training steps per (model, length, seed) (default 120)")
+    ap.add_argument("--batch", type=int, help="batch size (default 16)")
+    ap.add_argument("--eval", type=int, dest="eval_n", help="held-out sequences per length (default 256)")
+    ap.add_argument("--lr", type=float, default=1e-2, help="peak lr of AdamW, one-cycle schedule (default 1e-2)")
+    ap.add_argument("--dim", type=int, default=32, help="SlotSSM width; the others are matched in parameters (default 32)")
+    ap.add_argument("--save", action="store_true", help="write slotssm_task.{csv,md,png} to bench/results/ (else a temp folder)")
+    ap.add_argument("--label", help="a label for the CSV rows (default: 'smoke' or 'default')")
+    args = ap.parse_args(argv)
+    p = dict(PRESETS["smoke" if args.smoke else "default"])
+    for k in ("lengths", "seeds", "steps", "batch", "eval_n"):
+        if getattr(args, k) is not None:
+            p[k] = getattr(args, k)
+    if min(p["lengths"]) < 2:
+        raise SystemExit(f"error: --lengths must all be >= 2, got {p['lengths']}")
+    for k in ("steps", "batch", "eval_n"):
+        if p[k] < 1:
+            raise SystemExit(f"error: --{k.replace('_n', '')} must be >= 1, got {p[k]}")
+    if args.dim < 4 or args.dim % 4:
+        raise SystemExit(f"error: --dim must be a multiple of 4 (>= 4), got {args.dim}")
+    from tqdm import tqdm
+
+    dims = matched_dims(args.dim)
+    jobs = [(k, t, s) for t in p["lengths"] for s in p["seeds"] for k in MODELS]
+    t_start = time.time()
+    results = []
+    for kind, length, seed in tqdm(jobs, desc="slotssm task", unit="run", disable=args.smoke):
+        results.append(run_one(kind, dims[kind], length, seed, p["steps"], p["batch"], p["eval_n"], args.lr))
+        r = results[-1]
+        print(f"{kind:17s} T={length:5d} seed={seed} acc={r['accuracy']:.3f} loss={r['final_train_loss']:.3f} "
+              f"train={r['train_s']:.1f}s infer={r['infer_ms_per_sequence']:.2f}ms/seq", flush=True)
+    wall = time.time() - t_start
+    label = args.label or ("smoke" if args.smoke else "default")
+    summary = summarise(results)
+    title = (f"{label}: K=4 objects, C=8 colours, {p['steps']} steps x batch {p['batch']}, lr {args.lr:g}, seeds {p['seeds']}, "
+             f"{p['eval_n']} held-out sequences, {wall / 60:.0f} min on {device_name('cpu')}; mean ± s.e.")
+    md = f"{title}\n\n" + markdown(summary)
+    out_dir = os.path.join(ROOT, "bench", "results") if args.save else tempfile.mkdtemp(prefix="slotssm_task_")
+    os.makedirs(out_dir, exist_ok=True)
+    csv_path = os.path.join(out_dir, "slotssm_task.csv")
+    stamp = {"timestamp": time.strftime("%Y-%m-%dT%H:%M:%S"), "commit": commit(), "device": device_name("cpu"),
+             "torch": torch.__version__, "label": label, "steps": p["steps"], "batch": p["batch"], "lr": args.lr,
+             "eval_sequences": p["eval_n"], "wall_s": round(wall, 1)}
+    fields = [*stamp, "model", "dim", "params", "length", "seed", "accuracy", "final_train_loss", "train_s",
+              "train_cpu_s", "infer_ms_per_sequence"]
+    append_csv(csv_path, [{**stamp, **{k: (round(v, 4) if isinstance(v, float) else v) for k, v in r.items()}}
+                          for r in results], fields)
+    with open(os.path.join(out_dir, "slotssm_task.md"), "w") as f:
+        f.write(md + "\n")
+    png = plot(summary, os.path.join(out_dir, "slotssm_task.png"), title, chance=1 / 8)
+    print(md)
+    print(f"wrote {csv_path}, {png}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
