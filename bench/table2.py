@@ -156,7 +156,7 @@ def _finished(tc) -> float | None:
         return None
     same = all(args.get(k) == getattr(tc, k) for k in ("stage", "branch", "model", "data", "batch_size", "lr", "seed"))
     if not (same and args.get("total_steps") == tc.max_steps and len(log) == tc.max_steps
-            and os.path.exists(os.path.join(tc.out, "slotvlm_config.json"))):
+            and os.path.exists(os.path.join(tc.out, "config.json"))):
         return None
     return sum(r["step_time_s"] for r in log)
 

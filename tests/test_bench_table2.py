@@ -66,8 +66,8 @@ def test_smoke_runs_every_row(tmp_path, capsys):
     work = tmp_path / "work" / "seed0"
     args = json.load(open(work / "slotvlm" / "train_args.json"))
     assert args["stage"] == 3 and [Path(m).name for m in args["model"]] == ["s1", "slow", "fast"]
-    assert json.load(open(work / "ssm" / "slotvlm_config.json"))["event_encoder"] == "slot_ssm"
-    assert json.load(open(work / "qformer" / "slotvlm_config.json"))["connector"] == "qformer"
+    assert json.load(open(work / "ssm" / "config.json"))["event_encoder"] == "slot_ssm"
+    assert json.load(open(work / "qformer" / "config.json"))["connector"] == "qformer"
     assert json.load(open(work / "pooling" / "train_args.json"))["total_steps"] == 3
     md = (Path(csv_path).parent / "table2.md").read_text()
     assert "| Slot-VLM | 192 |" in md and "reads the true description" in md

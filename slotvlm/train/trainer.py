@@ -18,7 +18,7 @@ produces the same losses bit for bit.
 
 Output folder::
 
-    OUT/slotvlm_config.json, OUT/connector.safetensors   the result (SlotVLM.from_pretrained(OUT))
+    OUT/config.json, OUT/connector.safetensors         the result (SlotVLM.from_pretrained(OUT))
     OUT/stage1_decoders.safetensors                      stage 1 only: the reconstruction decoders
     OUT/log.jsonl                                        one line per step: loss, lr, samples/s, ...
     OUT/checkpoints/step_000100/                         trainable.safetensors, optimizer.{json,safetensors},
