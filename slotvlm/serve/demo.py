@@ -134,8 +134,9 @@ def build_demo(model, *, examples: list[str] | None = None, figure_dir: str | No
 
     with gr.Blocks(title=title) as demo:
         gr.Markdown(f"## {title}: chat about a video, and see its slots\n"
-                    "Object slots: each sampled frame, its patches coloured by the winning slot, and one row per "
-                    "slot's attention. Event slots: per pooled position, each slot's attention over time.")
+                    "Object slots: one row per sampled frame (time in seconds) — the frame, its patches coloured by "
+                    "the winning slot, then one column per slot's attention. Event slots: per pooled position, "
+                    "each slot's attention over time.")
         key = gr.State(None)
         with gr.Row():
             with gr.Column(scale=5):
