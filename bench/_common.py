@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import csv
 import os
-import platform
 import re
 import subprocess
 import tempfile
@@ -16,6 +15,8 @@ import time
 from pathlib import Path
 
 import torch
+
+from slotvlm._sysinfo import cpu_name
 
 ROOT = Path(__file__).resolve().parent.parent
 COLUMNS = "timestamp,commit,device,torch,triton,shape,mode,provider,dtype,ms,tflops,gbps,peak_mem_mb".split(",")
@@ -52,15 +53,7 @@ def device_name(device) -> str:
     """``torch.cuda.get_device_name()`` on GPU; ``CPU <model> x<cores>`` otherwise."""
     if torch.device(device).type == "cuda":
         return torch.cuda.get_device_name(torch.device(device))
-    model = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                model = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return f"CPU {model} x{os.cpu_count()}"
+    return cpu_name()
 
 
 def commit() -> str:

@@ -32,6 +32,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from ._sysinfo import cpu_name
 from .data import scenes
 
 MODULES = ("slotvlm", "slot-attention")
@@ -478,20 +479,9 @@ CSV_COLUMNS = ("timestamp,commit,machine,threads,torch,family,module,backend,see
 
 def machine_name() -> str:
     """``CPU <model> x<cores>`` or the CUDA device name."""
-    import platform  # noqa: PLC0415
-
     if torch.cuda.is_available():
         return torch.cuda.get_device_name()
-    model = platform.processor() or platform.machine()
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    model = line.split(":", 1)[1].strip()
-                    break
-    except OSError:
-        pass
-    return f"CPU {model} x{os.cpu_count()}"
+    return cpu_name()
 
 
 def append_csv(path: str, cfg: DiscoverConfig, result: dict, label: str = "") -> dict:
