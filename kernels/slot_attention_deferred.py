@@ -283,13 +283,32 @@ def _fold_dx_kernel(
 
 
 # ------------------------------------------------------------------------------------ launchers
-def _tiles(D: int, device: torch.device) -> tuple[int, int, int]:
-    """(BLOCK_N, BLOCK_D, num_warps). Interpreter: one D tile. GPU: 64-token tiles (tokens on the
-    MMA's M side: wgmma's M = 64) and 128-wide D chunks, ≤ 128 fp32 accumulator registers."""
+#: GPU tile of each folded kernel: (BLOCK_N, widest BLOCK_D, num_warps, num_stages). Chosen from the
+#: sm_90 ahead-of-time report (``python tests/aot_sm90.py --tiles``; registers, spills, occupancy per
+#: tile; tests/test_aot_sm90.py fails on any spill): 64-token tiles spill in the forward and the
+#: scores backward at D = 1024 (255 registers + 128-496 B of local memory with 4 warps; 8 warps
+#: still spill 8 B in the packed forward), 32-token tiles fit in 168-211 registers. The dq and dx
+#: passes hold fewer live tiles and keep 64 tokens (wgmma's M) without spilling.
+GPU_TILES = {"fwd": (32, 128, 4, 2), "scores": (32, 128, 4, 2), "dq": (64, 128, 4, 2), "dx": (64, 128, 4, 2)}
+
+
+def _tiles(D: int, device: torch.device, kernel: str = "fwd") -> tuple[int, int, int, int]:
+    """(BLOCK_N, BLOCK_D, num_warps, num_stages) of ``kernel`` (a :data:`GPU_TILES` key). Interpreter:
+    16-token tiles and one D tile. GPU: :data:`GPU_TILES`, D chunks capped at the head width."""
     dp = max(16, _next_pow2(D))
     if device.type != "cuda" or _INTERPRET:
-        return 16, dp, 4
-    return 64, min(dp, 128), 4
+        return 16, dp, 4, 1
+    bn, bd, warps, stages = GPU_TILES[kernel]
+    return bn, min(dp, bd), warps, stages
+
+
+def _tile(tiles, D: int, device: torch.device, kernel: str) -> tuple[int, int, int, int]:
+    """A caller's ``tiles`` override — ``(BLOCK_N, BLOCK_D, num_warps[, num_stages])``, used for every
+    kernel of the call — or the launcher's own choice for ``kernel``."""
+    if tiles is None:
+        return _tiles(D, device, kernel)
+    bn, bd, warps, *rest = tiles
+    return bn, bd, warps, (rest[0] if rest else 2)
 
 
 def _block_k(K: int) -> int:
@@ -314,11 +333,11 @@ def fold_fwd(qc, x, mask, cu_seqlens, max_seqlen, *, scale: float, eps: float, r
     """Forward of the folded step. ``qc [P, K, D + 1]``: the slot queries q' in columns ``:D`` and the
     per-slot logit bias c in column D (last dim contiguous; other strides free). Returns
     ``(out [P, K, D + 1] in x's dtype — u' and, in column D, the weight sum Σ_n W —, den fp32 [P, K],
-    attn [P, 1, K, N] / [1, K, T] or None)``. ``n_split`` / ``tiles`` ((BLOCK_N, BLOCK_D, num_warps))
+    attn [P, 1, K, N] / [1, K, T] or None)``. ``n_split`` / ``tiles`` ((BLOCK_N, BLOCK_D, num_warps[, num_stages]))
     override the launcher's choice (the tests reach the GPU's N-split and D-chunk paths with them)."""
     P, K, D = qc.shape[0], qc.shape[1], qc.shape[2] - 1
     N, max_n, s_xp, s_xn = _seq(x, cu_seqlens, max_seqlen)
-    bn, bd, warps = tiles or _tiles(D, x.device)
+    bn, bd, warps, stages = _tile(tiles, D, x.device, "fwd")
     S = n_split if n_split is not None else _n_split(P, max_n, x.device)
     out = torch.empty((P, K, D + 1), device=x.device, dtype=x.dtype)
     den = torch.empty((P, K), device=x.device, dtype=torch.float32)
@@ -339,6 +358,7 @@ def fold_fwd(qc, x, mask, cu_seqlens, max_seqlen, *, scale: float, eps: float, r
             s_mp=mask.stride(0) if mask is not None else 0, s_op=out.stride(0), s_ok=out.stride(1),
             s_ap=s_a[0], s_ak=s_a[1],
             K=K, D=D, BLOCK_K=_block_k(K), BLOCK_N=bn, BLOCK_D=bd, DOT_PREC=_dot_prec(x.dtype), num_warps=warps,
+            num_stages=stages,
         )
     if S > 1:
         den = ws_den.sum(0)
@@ -360,7 +380,6 @@ def fold_bwd(qc, x, mask, cu_seqlens, max_seqlen, den, dout, dattn, *, scale: fl
     P, K, D = qc.shape[0], qc.shape[1], qc.shape[2] - 1
     BK = _block_k(K)
     N, max_n, s_xp, s_xn = _seq(x, cu_seqlens, max_seqlen)
-    bn, bd, warps = tiles or _tiles(D, x.device)
     shape_s, shape_q = token_shapes(x, cu_seqlens, P, K)
     sd = torch.empty(shape_s, device=x.device, dtype=torch.float32)
     tok_s = (torch.zeros if cu_seqlens is not None else torch.empty)(shape_s, device=x.device, dtype=x.dtype)
@@ -371,19 +390,23 @@ def fold_bwd(qc, x, mask, cu_seqlens, max_seqlen, den, dout, dattn, *, scale: fl
     mask = None if mask is None else mask.view(torch.uint8)
     common = dict(mask=mask, cu_seqlens=cu_seqlens, scale=float(scale), eps=float(eps), floor=DENOM_FLOOR,
                   s_xp=s_xp, s_xn=s_xn, s_mp=mask.stride(0) if mask is not None else 0,
-                  K=K, D=D, BLOCK_K=BK, BLOCK_N=bn, BLOCK_D=bd, DOT_PREC=_dot_prec(x.dtype), num_warps=warps)
+                  K=K, D=D, BLOCK_K=BK, DOT_PREC=_dot_prec(x.dtype))
+    bn, bd, warps, stages = _tile(tiles, D, x.device, "scores")
     if P > 0:
         _fold_scores_bwd_kernel[(P, S)](
             x, qc, dout, bias=qc[..., D], den=den, sd=sd, ws_g=ws_g, N=N, N_PER_SPLIT=triton.cdiv(max(max_n, 1), S),
-            s_qp=qc.stride(0), s_qk=qc.stride(1), s_dup=dout.stride(0), s_duk=dout.stride(1), **common
+            s_qp=qc.stride(0), s_qk=qc.stride(1), s_dup=dout.stride(0), s_duk=dout.stride(1),
+            BLOCK_N=bn, BLOCK_D=bd, num_warps=warps, num_stages=stages, **common
         )
     g = ws_g[0] if S == 1 else ws_g.sum(0)
     s_a = (0, 0) if dattn is None else ((dattn.stride(0), dattn.stride(2)) if cu_seqlens is None else (0, dattn.stride(1)))
+    bn, bd, warps, stages = _tile(tiles, D, x.device, "dq")
     if P > 0:
         _fold_dq_bwd_kernel[(P, triton.cdiv(D, bd))](
             x, qc, dout, sd, g, den, dattn, dq=dqc, dbias=dqc[..., D], tok_s=tok_s, tok_q=tok_q, N=N,
             MAX_N=max(max_n, 1), s_ap=s_a[0], s_ak=s_a[1], s_dqp=dqc.stride(0), s_dqk=dqc.stride(1),
-            s_qp=qc.stride(0), s_qk=qc.stride(1), s_dup=dout.stride(0), s_duk=dout.stride(1), **common
+            s_qp=qc.stride(0), s_qk=qc.stride(1), s_dup=dout.stride(0), s_duk=dout.stride(1),
+            BLOCK_N=bn, BLOCK_D=bd, num_warps=warps, num_stages=stages, **common
         )
     return dqc, tok_s, tok_q
 
@@ -393,7 +416,7 @@ def fold_dx(tok_s: torch.Tensor, tok_q: torch.Tensor, x: torch.Tensor, cu_seqlen
     (``tok_s [I, rows, 2, BLOCK_K]``, ``tok_q [I, P, 2, K, D]``): ``dx`` shaped like x, written once."""
     I, P, _, K, D = tok_q.shape
     N, max_n, s_xp, s_xn = _seq(x, cu_seqlens, max_seqlen)
-    bn, bd, warps = tiles or _tiles(D, x.device)
+    bn, bd, warps, stages = _tile(tiles, D, x.device, "dx")
     dx = torch.zeros_like(x) if cu_seqlens is not None else torch.empty_like(x)
     n_tiles = triton.cdiv(max(max_n, 1), bn)
     if P > 0 and I > 0:
@@ -401,6 +424,7 @@ def fold_dx(tok_s: torch.Tensor, tok_q: torch.Tensor, x: torch.Tensor, cu_seqlen
             tok_s, tok_q, cu_seqlens, dx, N=N, ITERS=I, N_TILES=n_tiles,
             s_si=tok_s.stride(0), s_qi=tok_q.stride(0), s_xp=s_xp, s_xn=s_xn,
             K=K, D=D, BLOCK_K=tok_s.shape[-1], BLOCK_N=bn, BLOCK_D=bd, DOT_PREC=_dot_prec(x.dtype), num_warps=warps,
+            num_stages=stages,
         )
     elif I == 0:
         dx.zero_()

@@ -195,23 +195,23 @@ def fold_tile_cases() -> list:
 
     cases = []
     for name, dtype, K, D, flags in TILE_SHAPES:
-        bn, bd, warps = kfold._tiles(D, torch.device("cuda"))
         varlen = flags["varlen"]
-        common = dict(K=K, D=D, BLOCK_K=kfold._block_k(K), BLOCK_N=bn, BLOCK_D=bd, DOT_PREC="tf32",
-                      HAS_MASK=False, mask=None, IS_VARLEN=varlen)
-        if not varlen:
-            common["cu_seqlens"] = None
         per_kernel = (
-            (kfold._fold_fwd_kernel, dict(HAS_BIAS=True, STORE_ATTN=False, attn=None, NORMALIZE=not flags["split"])),
-            (kfold._fold_scores_bwd_kernel, dict(HAS_BIAS=True)),
-            (kfold._fold_dq_bwd_kernel, dict(HAS_DATTN=False, dattn=None)),
-            (kfold._fold_dx_kernel, {}),
+            ("fwd", kfold._fold_fwd_kernel, dict(HAS_BIAS=True, STORE_ATTN=False, attn=None, NORMALIZE=not flags["split"])),
+            ("scores", kfold._fold_scores_bwd_kernel, dict(HAS_BIAS=True)),
+            ("dq", kfold._fold_dq_bwd_kernel, dict(HAS_DATTN=False, dattn=None)),
+            ("dx", kfold._fold_dx_kernel, {}),
         )
-        for kernel, extra in per_kernel:
+        for which, kernel, extra in per_kernel:
+            bn, bd, warps, stages = kfold._tiles(D, torch.device("cuda"), which)
+            common = dict(K=K, D=D, BLOCK_K=kfold._block_k(K), BLOCK_N=bn, BLOCK_D=bd, DOT_PREC="tf32",
+                          HAS_MASK=False, mask=None, IS_VARLEN=varlen)
+            if not varlen:
+                common["cu_seqlens"] = None
             args = kernel.fn.arg_names
             c = {k: v for k, v in dict(common, **extra).items() if k in args}
-            label = f"{kernel.fn.__name__:<22} {name:<17} {dtype} K={K} D={D:<5} N{bn:>3} D{bd:>5} w{warps}"
-            cases.append((label, kernel, dtype, c, warps, 2))
+            label = f"{kernel.fn.__name__:<22} {name:<17} {dtype} K={K} D={D:<5} N{bn:>3} D{bd:>5} w{warps} s{stages}"
+            cases.append((label, kernel, dtype, c, warps, stages))
     return cases
 
 
