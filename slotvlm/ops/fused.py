@@ -351,8 +351,7 @@ def _layer_norm_bwd(
     param_dtype: torch.dtype,
 ) -> tuple[Tensor, Tensor, Tensor]:
     dx, dw, db = _ln.layer_norm_bwd(x, weight, dy, stats, lock, need_dw, need_db, param_dtype)
-    empty = stats.new_empty(0)
-    return dx, (dw if dw is not None else empty), (db if db is not None else empty)
+    return dx, (dw if dw is not None else stats.new_empty(0)), (db if db is not None else stats.new_empty(0))
 
 
 @_layer_norm_bwd.register_fake
