@@ -10,7 +10,7 @@ def __getattr__(name):
     """``kernels.TRAFFIC``: kernel name -> fn(grid, args) -> (bytes read, bytes written, FLOPs), the
     per-launch HBM model of every kernel that documents one (imports the kernel modules)."""
     if name == "TRAFFIC":
-        from . import slot_attention_deferred
+        from . import layer_norm, slot_attention_deferred
 
-        return dict(slot_attention_deferred.TRAFFIC)
+        return {**slot_attention_deferred.TRAFFIC, **layer_norm.TRAFFIC}
     raise AttributeError(name)

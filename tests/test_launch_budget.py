@@ -76,9 +76,10 @@ def test_reference_count_and_ratio():
 
 @pytest.mark.filterwarnings("ignore:overflow encountered in exp")  # the interpreter's bf16 (numbers unchecked)
 def test_autocast_casts_the_inputs_once_per_forward():
-    """Under autocast the normalised inputs are converted to the compute dtype once per forward,
-    not once per iteration (counts token-sized casts; bf16 numbers are not checked here — the
-    interpreter's bf16 is not exact)."""
+    """Under autocast the inputs are normalised and converted to the compute dtype once per forward,
+    not once per iteration, and in one pass: the input LayerNorm kernel reads fp32 and stores bf16,
+    so no token-sized aten conversion runs at all (counts token-sized casts and LayerNorm kernel
+    launches; bf16 numbers are not checked here — the interpreter's bf16 is not exact)."""
     from torch.utils._python_dispatch import TorchDispatchMode
 
     P, N, D = 2, 10, 16
@@ -90,11 +91,28 @@ def test_autocast_casts_the_inputs_once_per_forward():
                 casts.append(args[0].dtype)
             return func(*args, **(kwargs or {}))
 
+    import kernels.layer_norm as kln
+    from triton.runtime.interpreter import InterpretedFunction
+
+    normalised = []
+    run = InterpretedFunction.run
+
+    def spying_run(self, *args, grid=None, **kwargs):
+        if self.fn.__name__ == "_layer_norm_fwd_kernel":
+            named = dict(zip(self.arg_names, args), **kwargs)
+            normalised.append((named["x"].dtype, named["y"].dtype))
+        return run(self, *args, grid=grid, **kwargs)
+
     model = SlotAttention(4, D, iters=3, backend="triton")
-    with torch.autocast("cpu", dtype=torch.bfloat16), Casts():
-        out = model(torch.randn(P, N, D, requires_grad=True))
-    assert out.dtype == torch.bfloat16
-    assert casts == [torch.float32]  # one fp32 -> bf16 conversion of x for all 3 iterations
+    x = torch.randn(P, N, D, requires_grad=True)
+    with pytest.MonkeyPatch.context() as mp, torch.autocast("cpu", dtype=torch.bfloat16), Casts():
+        mp.setattr(InterpretedFunction, "run", spying_run)
+        out = model(x)
+        out.float().sum().backward()
+    assert out.dtype == torch.bfloat16 and x.grad.dtype == torch.float32
+    assert casts == []  # no aten conversion of x (forward) or of its gradient (backward)
+    assert normalised == [(torch.float32, torch.bfloat16)]  # one fp32 -> bf16 LayerNorm for 3 iterations
+    assert kln.MAX_D >= D
 
 
 def test_traffic_model_covers_the_folded_kernels(monkeypatch):
@@ -122,5 +140,5 @@ def test_traffic_model_covers_the_folded_kernels(monkeypatch):
     for name, ((read, written, flops), named) in seen.items():
         assert all(isinstance(v, int) and v > 0 for v in (read, written, flops)), name
         if name != "_fold_dx_kernel":
-            assert read >= x_bytes, name  # streams the normalised inputs once
+            assert read >= x_bytes, name  # streams the (normalised) inputs once
     assert seen["_fold_dx_kernel"][0][1] == x_bytes  # dx written once

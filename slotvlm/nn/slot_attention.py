@@ -251,7 +251,7 @@ class SlotAttention(nn.Module):
         slots = self._start_slots(slots, b, num_slots, inputs, deterministic_init)
 
         if self._folds(backend):
-            slots, attn = self._iterate_folded(slots, self.norm_input(inputs), mask, None, inputs.shape[1], return_attn)
+            slots, attn = self._iterate_folded(slots, self._norm_input_folded(inputs), mask, None, inputs.shape[1], return_attn)
         else:
             attend = self._attender(backend, step, self.norm_input(inputs), mask=mask)
             slots, attn = self._iterate(slots, attend, gru, return_attn)
@@ -292,10 +292,31 @@ class SlotAttention(nn.Module):
     def _folds(self, backend: str) -> bool:
         return backend == "triton" and self.combine_heads is None and self.fold_projections
 
+    def _norm_input_folded(self, inputs: torch.Tensor) -> torch.Tensor:
+        """The input LayerNorm of the folded path (``[B, N, dim]`` or packed ``[T, dim]``), written
+        in the compute dtype: autocast's when it is on, else the inputs' own. One Triton kernel
+        (``slotvlm.ops.fused.layer_norm``) reads the inputs in their dtype and stores the normalised
+        tokens converted, so fp32 inputs under bf16 autocast cost one pass, not an fp32 LayerNorm
+        and a cast (and, in the backward, no cast of the gradient back to fp32). Uses
+        ``self.norm_input``'s own weight, bias and eps (parameters and state_dict unchanged); a
+        replaced ``norm_input`` that is not a LayerNorm over ``dim`` (or a dim wider than the
+        kernel's row limit) runs as given and ``_iterate_folded`` converts its output."""
+        from kernels.layer_norm import MAX_D  # noqa: PLC0415  (imports triton, like the backend)
+
+        ln = self.norm_input
+        if not isinstance(ln, nn.LayerNorm) or tuple(ln.normalized_shape) != (self.dim,) or self.dim > MAX_D:
+            return ln(inputs)
+        from ..ops.fused import _layer_norm  # noqa: PLC0415
+
+        dev = inputs.device.type
+        dtype = torch.get_autocast_dtype(dev) if torch.is_autocast_enabled(dev) else inputs.dtype
+        return _layer_norm(inputs, ln.weight, ln.bias, ln.eps, dtype)
+
     def _iterate_folded(self, slots, x, mask, cu_seqlens, max_seqlen, return_attn):
         """The refinement loop of the one-head triton path, with the projections folded.
 
-        Once per forward: x is cast to the compute dtype (autocast), the weight products
+        Once per forward: x (the normalised inputs, already in the compute dtype when they come
+        from :meth:`_norm_input_folded`) is cast to the compute dtype if needed, the weight products
         ``[W_k | b_k]ᵀ W_q`` (slot LayerNorm output → q' and the logit bias c in one GEMM) and
         ``W_ih [W_v | b_v]`` (the step's ``[u', Σ W]`` → the GRU's input gates in one GEMM) are
         formed, and one pair of input-gradient tokens per differentiated iteration is made (the
@@ -449,7 +470,9 @@ class SlotAttention(nn.Module):
         step, gru = _step_impl(backend)
         slots = self._start_slots(slots, p, num_slots, inputs, deterministic_init)
         if self._folds(backend):
-            slots, attn = self._iterate_folded(slots, self.norm_input(inputs), None, cu_seqlens, max_seqlen, return_attn)
+            slots, attn = self._iterate_folded(
+                slots, self._norm_input_folded(inputs), None, cu_seqlens, max_seqlen, return_attn
+            )
         else:
             attend = self._attender(
                 backend, step, self.norm_input(inputs), cu_seqlens=cu_seqlens, max_seqlen=max_seqlen

@@ -7,10 +7,12 @@ Public functions (each has its plain-PyTorch reference in :mod:`slotvlm.ops.slot
 - :func:`slot_attention_step_projected` — one head with the k/v projections folded into the slots
   (what ``SlotAttention(backend="triton")`` runs for ``heads=1``).
 - :func:`gru_cell` — ``nn.GRUCell`` with the gate math fused (GEMMs stay with cuBLAS).
+- :func:`layer_norm` — LayerNorm over the last dimension that writes its output in a chosen dtype
+  (the input LayerNorm of the folded one-head path: under autocast, normalised and cast in one pass).
 
 Custom ops (opaque to ``torch.compile``, with fake implementations and autograd):
 ``slotvlm::slot_attn_fwd``, ``slotvlm::slot_attn_bwd``, ``slotvlm::gru_gates``,
-``slotvlm::gru_gates_bwd``.
+``slotvlm::gru_gates_bwd``, ``slotvlm::layer_norm_fwd``, ``slotvlm::layer_norm_bwd``.
 
 On CUDA tensors the kernels run compiled (autotuned); on CPU tensors they run under Triton's
 interpreter, which needs ``TRITON_INTERPRET=1`` set before triton is first imported.
@@ -25,13 +27,17 @@ import torch
 from torch import Tensor
 
 from kernels import gru as _gru
+from kernels import layer_norm as _ln
 from kernels import slot_attention as _sa
 from kernels import slot_attention_deferred as _sd
 
 from .._checks import check_tensor, describe
 from ..backend import FUSED_DTYPES
 
-__all__ = ["slot_attention_step", "slot_attention_step_varlen", "slot_attention_step_projected", "gru_cell", "gru_gates"]
+__all__ = [
+    "slot_attention_step", "slot_attention_step_varlen", "slot_attention_step_projected", "gru_cell", "gru_gates",
+    "layer_norm",
+]
 
 SUPPORTED_DTYPES = FUSED_DTYPES
 
@@ -319,6 +325,63 @@ def x_grad_tokens(x: Tensor, cu_seqlens: Optional[Tensor], max_seqlen: int, num_
     return [(t[2 * i], t[2 * i + 1]) for i in range(n)]
 
 
+# ------------------------------------------------------------------------ LayerNorm custom ops
+# The folded path's input LayerNorm: reads x in its dtype, writes y in the compute dtype (under
+# autocast the conversion is the kernel's store), fp32 row statistics, and a zeroed one-word counter
+# that the backward's last-arriving program uses to reduce the dw/db partials in one launch (the
+# kernel leaves it at zero again, so the backward op does not change it).
+@torch.library.custom_op("slotvlm::layer_norm_fwd", mutates_args=())
+@entry_guard
+def _layer_norm_fwd(
+    x: Tensor, weight: Optional[Tensor], bias: Optional[Tensor], eps: float, out_dtype: torch.dtype
+) -> tuple[Tensor, Tensor, Tensor]:
+    return _ln.layer_norm_fwd(x, weight, bias, eps, out_dtype)
+
+
+@_layer_norm_fwd.register_fake
+def _(x, weight, bias, eps, out_dtype):
+    rows = x.numel() // x.shape[-1] if x.shape[-1] else 0
+    return x.new_empty(x.shape, dtype=out_dtype), x.new_empty((2, rows), dtype=torch.float32), x.new_empty((1,), dtype=torch.int32)
+
+
+@torch.library.custom_op("slotvlm::layer_norm_bwd", mutates_args=())
+@entry_guard
+def _layer_norm_bwd(
+    x: Tensor, weight: Optional[Tensor], dy: Tensor, stats: Tensor, lock: Tensor, need_dw: bool, need_db: bool,
+    param_dtype: torch.dtype,
+) -> tuple[Tensor, Tensor, Tensor]:
+    dx, dw, db = _ln.layer_norm_bwd(x, weight, dy, stats, lock, need_dw, need_db, param_dtype)
+    return dx, (dw if dw is not None else stats.new_empty(0)), (db if db is not None else stats.new_empty(0))
+
+
+@_layer_norm_bwd.register_fake
+def _(x, weight, dy, stats, lock, need_dw, need_db, param_dtype):
+    D = x.shape[-1]
+    dw = x.new_empty((D,), dtype=param_dtype) if need_dw else stats.new_empty(0)
+    db = x.new_empty((D,), dtype=param_dtype) if need_db else stats.new_empty(0)
+    return torch.empty_like(x, memory_format=torch.contiguous_format), dw, db
+
+
+def _layer_norm_setup(ctx, inputs, output):
+    x, weight, bias, eps, out_dtype = inputs
+    _, stats, lock = output
+    ctx.save_for_backward(x, weight, stats, lock)
+    ctx.set_materialize_grads(False)  # the statistics and the counter get no gradient: no zero tensors
+    ctx.param_dtype = (weight if weight is not None else bias if bias is not None else x).dtype
+
+
+def _layer_norm_backward(ctx, dy, dstats, dlock):
+    if dy is None:  # only the statistics reached the loss
+        return None, None, None, None, None
+    x, weight, stats, lock = ctx.saved_tensors
+    need_dw, need_db = ctx.needs_input_grad[1], ctx.needs_input_grad[2]
+    dx, dw, db = _layer_norm_bwd(x, weight, dy, stats, lock, need_dw, need_db, ctx.param_dtype)
+    return (dx if ctx.needs_input_grad[0] else None), (dw if need_dw else None), (db if need_db else None), None, None
+
+
+_layer_norm_fwd.register_autograd(_layer_norm_backward, setup_context=_layer_norm_setup)
+
+
 # ---------------------------------------------------------------------------- GRU custom ops
 @torch.library.custom_op("slotvlm::gru_gates", mutates_args=())
 @entry_guard
@@ -595,3 +658,48 @@ def _gru_cell(x: Tensor, h: Tensor, cell: torch.nn.GRUCell) -> Tensor:
     if h.dtype != gi.dtype:  # under autocast the GEMMs come back in bf16/fp16, like ATen's gru_cell
         h = h.to(gi.dtype)
     return _gru_gates(gi, gh, h)
+
+
+def layer_norm(
+    x: Tensor, weight: Optional[Tensor], bias: Optional[Tensor], eps: float = 1e-5, *, out_dtype: Optional[torch.dtype] = None
+) -> Tensor:
+    """``torch.nn.functional.layer_norm(x, (D,), weight, bias, eps)`` written in ``out_dtype``.
+
+    Statistics and the affine transform in fp32; x is read in its own dtype and y stored directly in
+    ``out_dtype`` (default: x's dtype), so an fp32 x normalised for a bf16 consumer costs one pass
+    instead of an fp32 LayerNorm plus a conversion. Differentiable in x, weight and bias (dx in x's
+    dtype, dweight/dbias in the parameters' dtype; deterministic).
+
+    Args:
+        x: ``[..., D]`` (1 <= D <= 8192), float32/float16/bfloat16.
+        weight, bias: ``[D]`` or None (``nn.LayerNorm(elementwise_affine=False)`` / ``bias=False``).
+        eps: added to the variance. out_dtype: dtype of the result (float32/float16/bfloat16).
+
+    Returns:
+        y ``[..., D]`` in ``out_dtype``.
+
+    Example::
+
+        ln = torch.nn.LayerNorm(1024).cuda()
+        x = torch.randn(8, 256, 1024, device="cuda")
+        y = layer_norm(x, ln.weight, ln.bias, ln.eps, out_dtype=torch.bfloat16)  # [8, 256, 1024] bf16
+    """
+    check_tensor("x", x, floating=True)
+    if x.ndim < 1:
+        raise ValueError(f"x must have at least one dimension (the normalised one), got {describe(x)}")
+    D = x.shape[-1]
+    _ln.check_width(D)
+    for name, p in (("weight", weight), ("bias", bias)):
+        if p is not None:
+            check_tensor(name, p, shape=(D,), floating=True, device=x.device)
+    if weight is not None and bias is not None and weight.dtype != bias.dtype:
+        raise ValueError(f"weight and bias must share one dtype, got {weight.dtype} and {bias.dtype}")
+    out_dtype = x.dtype if out_dtype is None else out_dtype
+    if out_dtype not in SUPPORTED_DTYPES:
+        raise ValueError(f"out_dtype must be one of float32, float16, bfloat16, got {out_dtype}")
+    return _layer_norm(x, weight, bias, eps, out_dtype)
+
+
+def _layer_norm(x: Tensor, weight: Optional[Tensor], bias: Optional[Tensor], eps: float, out_dtype: torch.dtype) -> Tensor:
+    """:func:`layer_norm` without the argument checks (the module's once-per-call input LayerNorm)."""
+    return _layer_norm_fwd(x, weight, bias, float(eps), out_dtype)[0]
