@@ -9,14 +9,12 @@ affine-transformed x directly in the compute dtype (the conversion is the store)
 reads x, dy (compute dtype) and the fp32 row statistics and writes dx in x's dtype.
 
 - ``_layer_norm_fwd_kernel`` (grid: row tiles): ``y = (x − mean)·rstd·w + b`` with the statistics in
-  fp32 (two passes over the row held in registers, as ``torch.var(unbiased=False)``); writes y,
-  ``stats [2, rows]`` fp32 (mean, rstd) and zeroes the backward's one-word arrival counter.
+  fp32 (two passes over the row held in registers, as ``torch.var(unbiased=False)``); writes y and
+  ``stats [2, rows]`` fp32 (mean, rstd).
 - ``_layer_norm_bwd_kernel`` (grid: G programs, each a grid-stride loop over row tiles):
   ``dx = rstd·(g − x̂·mean(g·x̂) − mean(g))`` with ``g = dy·w``, and per-program fp32 partials of
-  ``dw = Σ dy·x̂`` and ``db = Σ dy``. The program that arrives last at the counter (an integer
-  ``atomic_add``; the partial *values* are never added atomically) sums the G partials in program
-  order and writes dw, db in the parameters' dtype, then resets the counter. One launch, and the
-  result does not depend on which program finishes last: deterministic.
+  ``dw = Σ dy·x̂`` and ``db = Σ dy`` (``part [G, 2, D]``); the launcher sums the G partials with one
+  ``torch.sum`` (no atomics, no cross-program synchronisation: deterministic).
 
 Layouts: x, y, dy, dx contiguous ``[rows, D]`` (any leading shape flattened); w, b ``[D]`` or None.
 """
@@ -35,7 +33,7 @@ MAX_D = 8192
 @triton.heuristics({"HAS_W": lambda args: args["w"] is not None, "HAS_B": lambda args: args["b"] is not None})
 @triton.jit(do_not_specialize=["rows"])
 def _layer_norm_fwd_kernel(
-    x, w, b, y, stats, lock,
+    x, w, b, y, stats,
     rows, eps,
     D: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_D: tl.constexpr, HAS_W: tl.constexpr, HAS_B: tl.constexpr,
 ):
@@ -58,23 +56,20 @@ def _layer_norm_fwd_kernel(
     tl.store(y + p_x, b_y.to(y.dtype.element_ty), mask=m_x)
     tl.store(stats + o_r, b_mean, mask=m_r)
     tl.store(stats + rows + o_r, b_rstd, mask=m_r)
-    if i_r == 0:
-        tl.store(lock, 0)
 
 
 @triton.heuristics(
     {
         "HAS_W": lambda args: args["w"] is not None,
-        "HAS_DW": lambda args: args["dw"] is not None,
-        "HAS_DB": lambda args: args["db"] is not None,
+        "HAS_PART": lambda args: args["part"] is not None,
     }
 )
 @triton.jit(do_not_specialize=["rows"])
 def _layer_norm_bwd_kernel(
-    x, w, dy, stats, lock, dx, part, dw, db,
+    x, w, dy, stats, dx, part,
     rows,
     D: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_D: tl.constexpr,
-    HAS_W: tl.constexpr, HAS_DW: tl.constexpr, HAS_DB: tl.constexpr,
+    HAS_W: tl.constexpr, HAS_PART: tl.constexpr,
 ):
     i_g = tl.program_id(0)
     G = tl.num_programs(0)
@@ -100,29 +95,13 @@ def _layer_norm_bwd_kernel(
         c_2 = tl.sum(b_g, axis=1) / D
         b_dx = (b_g - b_xh * c_1[:, None] - c_2[:, None]) * b_rstd[:, None]
         tl.store(dx + p_x, b_dx.to(dx.dtype.element_ty), mask=m_x)
-        if HAS_DW:
+        if HAS_PART:
             b_dw += tl.sum(b_dy * b_xh, axis=0)
-        if HAS_DB:
             b_db += tl.sum(b_dy, axis=0)
-    if HAS_DW or HAS_DB:
-        # partials [G, 2, D]; the last program to arrive reduces them in program order
+    if HAS_PART:  # this program's partials [2, D] of part [G, 2, D]
         p_part = part + i_g.to(tl.int64) * 2 * D + o_d
         tl.store(p_part, b_dw, mask=m_d)
         tl.store(p_part + D, b_db, mask=m_d)
-        tl.debug_barrier()  # every thread's partial stores precede the (release) arrival
-        arrived = tl.atomic_add(lock, 1, sem="acq_rel", scope="gpu")
-        if arrived == G - 1:
-            b_sw = tl.zeros([BLOCK_D], dtype=tl.float32)
-            b_sb = tl.zeros([BLOCK_D], dtype=tl.float32)
-            for g in tl.range(0, G):
-                p_g = part + g * 2 * D + o_d
-                b_sw += tl.load(p_g, mask=m_d, other=0.0, cache_modifier=".cg")
-                b_sb += tl.load(p_g + D, mask=m_d, other=0.0, cache_modifier=".cg")
-            if HAS_DW:
-                tl.store(dw + o_d, b_sw.to(dw.dtype.element_ty), mask=m_d)
-            if HAS_DB:
-                tl.store(db + o_d, b_sb.to(db.dtype.element_ty), mask=m_d)
-            tl.store(lock, 0)  # back to zero: a second backward of the same forward reuses it
 
 
 # ------------------------------------------------------------------------------------ launchers
@@ -153,42 +132,35 @@ def check_width(D: int) -> None:
 
 
 def layer_norm_fwd(x: torch.Tensor, w, b, eps: float, out_dtype: torch.dtype):
-    """x contiguous ``[..., D]`` → ``(y [..., D] in out_dtype, stats [2, rows] fp32 (mean, rstd),
-    lock int32 [1] (zeroed: the backward's arrival counter))``."""
+    """x contiguous ``[..., D]`` → ``(y [..., D] in out_dtype, stats [2, rows] fp32 (mean, rstd))``."""
     D = x.shape[-1]
     check_width(D)
     rows = x.numel() // D
     y = torch.empty(x.shape, device=x.device, dtype=out_dtype)
     stats = torch.empty((2, rows), device=x.device, dtype=torch.float32)
-    lock = torch.empty((1,), device=x.device, dtype=torch.int32)
     br, bd, warps = _tiles(D, x.device)
     if rows > 0:
         _layer_norm_fwd_kernel[(triton.cdiv(rows, br),)](
-            x, w, b, y, stats, lock, rows, float(eps), D=D, BLOCK_R=br, BLOCK_D=bd, num_warps=warps,
+            x, w, b, y, stats, rows, float(eps), D=D, BLOCK_R=br, BLOCK_D=bd, num_warps=warps,
         )
-    return y, stats, lock
+    return y, stats
 
 
-def layer_norm_bwd(x: torch.Tensor, w, dy: torch.Tensor, stats: torch.Tensor, lock: torch.Tensor,
-                   need_dw: bool, need_db: bool, param_dtype: torch.dtype):
-    """``(dx like x, dw [D] or None, db [D] or None)``; dw/db in ``param_dtype``. ``lock`` is the
-    forward's counter (zero before and after the launch)."""
+def layer_norm_bwd(x: torch.Tensor, w, dy: torch.Tensor, stats: torch.Tensor, need_dwb: bool,
+                   param_dtype: torch.dtype):
+    """``(dx like x, dwb [2, D] in param_dtype — dw and db — or None)``."""
     D = x.shape[-1]
     rows = x.numel() // D
     dx = torch.empty_like(x)
-    dw = torch.empty((D,), device=x.device, dtype=param_dtype) if need_dw else None
-    db = torch.empty((D,), device=x.device, dtype=param_dtype) if need_db else None
     br, bd, warps = _tiles(D, x.device)
     G = _programs(rows, br, x.device)
-    part = torch.empty((G, 2, D), device=x.device, dtype=torch.float32) if (need_dw or need_db) else None
+    part = torch.empty((G, 2, D), device=x.device, dtype=torch.float32) if need_dwb else None
     if rows > 0:
-        _layer_norm_bwd_kernel[(G,)](
-            x, w, dy, stats, lock, dx, part, dw, db, rows, D=D, BLOCK_R=br, BLOCK_D=bd, num_warps=warps,
-        )
-    else:  # no rows: the parameter gradients are sums over nothing
-        dw = dw.zero_() if dw is not None else None
-        db = db.zero_() if db is not None else None
-    return dx, dw, db
+        _layer_norm_bwd_kernel[(G,)](x, w, dy, stats, dx, part, rows, D=D, BLOCK_R=br, BLOCK_D=bd, num_warps=warps)
+    if part is None:
+        return dx, None
+    # the G programs' partials summed in one launch (no rows: sums over nothing)
+    return dx, (part.sum(0).to(param_dtype) if rows > 0 else part.new_zeros((2, D), dtype=param_dtype))
 
 
 def _nbytes(t) -> int:
@@ -198,16 +170,15 @@ def _nbytes(t) -> int:
 def _traffic_fwd(grid, a):
     """x, w, b read once; y and the fp32 row statistics written once. FLOPs: ~8 per element."""
     read = _nbytes(a["x"]) + _nbytes(a.get("w")) + _nbytes(a.get("b"))
-    written = _nbytes(a["y"]) + _nbytes(a["stats"]) + 4 * (grid[0] > 0)
+    written = _nbytes(a["y"]) + _nbytes(a["stats"])
     return read, written, 8 * a["x"].numel()
 
 
 def _traffic_bwd(grid, a):
-    """x, dy and the statistics read once, dx written once; the partials written once and read once
-    by the last program, which writes dw and db. FLOPs: ~12 per element."""
-    part = _nbytes(a.get("part"))
-    read = _nbytes(a["x"]) + _nbytes(a["dy"]) + _nbytes(a["stats"]) + _nbytes(a.get("w")) + part
-    written = _nbytes(a["dx"]) + part + _nbytes(a.get("dw")) + _nbytes(a.get("db"))
+    """x, dy and the statistics read once, dx and the dw/db partials written once (their sum is an
+    aten op, counted as such). FLOPs: ~12 per element."""
+    read = _nbytes(a["x"]) + _nbytes(a["dy"]) + _nbytes(a["stats"]) + _nbytes(a.get("w"))
+    written = _nbytes(a["dx"]) + _nbytes(a.get("part"))
     return read, written, 12 * a["x"].numel()
 
 

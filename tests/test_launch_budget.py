@@ -132,6 +132,9 @@ def test_traffic_model_covers_the_folded_kernels(monkeypatch):
         return run(self, *args, grid=grid, **kwargs)
 
     monkeypatch.setattr(InterpretedFunction, "run", spying_run)
+    import slotvlm.nn.slot_attention as sa_module
+
+    monkeypatch.setattr(sa_module, "_INPUT_NORM_KERNEL", "always")  # by default only under autocast
     P, N, D = 3, 20, 32
     x = torch.randn(P, N, D, requires_grad=True)
     SlotAttention(6, D, iters=2, backend="triton")(x).sum().backward()

@@ -21,6 +21,12 @@ def _torch_gru(x: torch.Tensor, h: torch.Tensor, cell: nn.GRUCell) -> torch.Tens
     return cell(x, h)  # ATen's GRU cell: the exact numbers of the slot-attention package
 
 
+#: When the folded path normalises its inputs with the Triton LayerNorm (kernels/layer_norm.py):
+#: ``"cast"`` (default) only when it also converts them (autocast) — otherwise it moves the same bytes
+#: as ATen's at a higher host cost —; ``"always"`` (the interpreter tests) every time.
+_INPUT_NORM_KERNEL = "cast"
+
+
 def _cast(t: torch.Tensor | None, dtype: torch.dtype) -> torch.Tensor | None:
     """``t`` in ``dtype`` (floating tensors only; None stays None)."""
     return t.to(dtype) if t is not None and t.is_floating_point() and t.dtype != dtype else t
@@ -294,7 +300,8 @@ class SlotAttention(nn.Module):
 
     def _norm_input_folded(self, inputs: torch.Tensor) -> torch.Tensor:
         """The input LayerNorm of the folded path (``[B, N, dim]`` or packed ``[T, dim]``), written
-        in the compute dtype: autocast's when it is on, else the inputs' own. One Triton kernel
+        in the compute dtype: autocast's when it is on, else the inputs' own. When that differs
+        from the inputs' dtype (autocast), one Triton kernel
         (``slotvlm.ops.fused.layer_norm``) reads the inputs in their dtype and stores the normalised
         tokens converted, so fp32 inputs under bf16 autocast cost one pass, not an fp32 LayerNorm
         and a cast (and, in the backward, no cast of the gradient back to fp32). Uses
@@ -310,6 +317,10 @@ class SlotAttention(nn.Module):
 
         dev = inputs.device.type
         dtype = torch.get_autocast_dtype(dev) if torch.is_autocast_enabled(dev) else inputs.dtype
+        if dtype == inputs.dtype and _INPUT_NORM_KERNEL != "always":
+            # same bytes as ATen's LayerNorm, and a custom op costs more host time than an aten op
+            # (object discovery is host-bound): the kernel only where it removes the casts
+            return ln(inputs)
         return _layer_norm(inputs, ln.weight, ln.bias, ln.eps, dtype)
 
     def _iterate_folded(self, slots, x, mask, cu_seqlens, max_seqlen, return_attn):

@@ -327,56 +327,55 @@ def x_grad_tokens(x: Tensor, cu_seqlens: Optional[Tensor], max_seqlen: int, num_
 
 # ------------------------------------------------------------------------ LayerNorm custom ops
 # The folded path's input LayerNorm: reads x in its dtype, writes y in the compute dtype (under
-# autocast the conversion is the kernel's store), fp32 row statistics, and a zeroed one-word counter
-# that the backward's last-arriving program uses to reduce the dw/db partials in one launch (the
-# kernel leaves it at zero again, so the backward op does not change it).
+# autocast the conversion is the kernel's store) and fp32 row statistics.
 @torch.library.custom_op("slotvlm::layer_norm_fwd", mutates_args=())
 @entry_guard
 def _layer_norm_fwd(
     x: Tensor, weight: Optional[Tensor], bias: Optional[Tensor], eps: float, out_dtype: torch.dtype
-) -> tuple[Tensor, Tensor, Tensor]:
+) -> tuple[Tensor, Tensor]:
     return _ln.layer_norm_fwd(x, weight, bias, eps, out_dtype)
 
 
 @_layer_norm_fwd.register_fake
 def _(x, weight, bias, eps, out_dtype):
     rows = x.numel() // x.shape[-1] if x.shape[-1] else 0
-    return x.new_empty(x.shape, dtype=out_dtype), x.new_empty((2, rows), dtype=torch.float32), x.new_empty((1,), dtype=torch.int32)
+    return x.new_empty(x.shape, dtype=out_dtype), x.new_empty((2, rows), dtype=torch.float32)
 
 
 @torch.library.custom_op("slotvlm::layer_norm_bwd", mutates_args=())
 @entry_guard
 def _layer_norm_bwd(
-    x: Tensor, weight: Optional[Tensor], dy: Tensor, stats: Tensor, lock: Tensor, need_dw: bool, need_db: bool,
-    param_dtype: torch.dtype,
-) -> tuple[Tensor, Tensor, Tensor]:
-    dx, dw, db = _ln.layer_norm_bwd(x, weight, dy, stats, lock, need_dw, need_db, param_dtype)
-    return dx, (dw if dw is not None else stats.new_empty(0)), (db if db is not None else stats.new_empty(0))
+    x: Tensor, weight: Optional[Tensor], dy: Tensor, stats: Tensor, need_dwb: bool, param_dtype: torch.dtype,
+) -> tuple[Tensor, Tensor]:
+    """``(dx, dwb [2, D] — dweight, dbias — in param_dtype, or an empty tensor)``: one output for
+    both parameter gradients (outputs of a custom op may not alias one another)."""
+    dx, dwb = _ln.layer_norm_bwd(x, weight, dy, stats, need_dwb, param_dtype)
+    return dx, (dwb if dwb is not None else stats.new_empty(0))
 
 
 @_layer_norm_bwd.register_fake
-def _(x, weight, dy, stats, lock, need_dw, need_db, param_dtype):
-    D = x.shape[-1]
-    dw = x.new_empty((D,), dtype=param_dtype) if need_dw else stats.new_empty(0)
-    db = x.new_empty((D,), dtype=param_dtype) if need_db else stats.new_empty(0)
-    return torch.empty_like(x, memory_format=torch.contiguous_format), dw, db
+def _(x, weight, dy, stats, need_dwb, param_dtype):
+    dwb = x.new_empty((2, x.shape[-1]), dtype=param_dtype) if need_dwb else stats.new_empty(0)
+    return torch.empty_like(x, memory_format=torch.contiguous_format), dwb
 
 
 def _layer_norm_setup(ctx, inputs, output):
     x, weight, bias, eps, out_dtype = inputs
-    _, stats, lock = output
-    ctx.save_for_backward(x, weight, stats, lock)
-    ctx.set_materialize_grads(False)  # the statistics and the counter get no gradient: no zero tensors
+    _, stats = output
+    ctx.save_for_backward(x, weight, stats)
+    ctx.set_materialize_grads(False)  # the statistics get no gradient: no zero tensor
     ctx.param_dtype = (weight if weight is not None else bias if bias is not None else x).dtype
 
 
-def _layer_norm_backward(ctx, dy, dstats, dlock):
+def _layer_norm_backward(ctx, dy, dstats):
     if dy is None:  # only the statistics reached the loss
         return None, None, None, None, None
-    x, weight, stats, lock = ctx.saved_tensors
+    x, weight, stats = ctx.saved_tensors
     need_dw, need_db = ctx.needs_input_grad[1], ctx.needs_input_grad[2]
-    dx, dw, db = _layer_norm_bwd(x, weight, dy, stats, lock, need_dw, need_db, ctx.param_dtype)
-    return (dx if ctx.needs_input_grad[0] else None), (dw if need_dw else None), (db if need_db else None), None, None
+    dx, dwb = _layer_norm_bwd(x, weight, dy, stats, need_dw or need_db, ctx.param_dtype)
+    dw = dwb[0] if need_dw else None
+    db = dwb[1] if need_db else None
+    return (dx if ctx.needs_input_grad[0] else None), dw, db, None, None
 
 
 _layer_norm_fwd.register_autograd(_layer_norm_backward, setup_context=_layer_norm_setup)
