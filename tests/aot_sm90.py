@@ -42,6 +42,7 @@ except ImportError:  # pragma: no cover
     sys.exit(3)
 
 import kernels.gru as kgru  # noqa: E402
+import kernels.layer_norm as kln  # noqa: E402
 import kernels.slot_attention as ksa  # noqa: E402
 import kernels.slot_attention_deferred as kfold  # noqa: E402
 
@@ -57,7 +58,8 @@ def _have_ptxas() -> bool:
     bundled = Path(triton.__file__).parent / "backends" / "nvidia" / "bin" / "ptxas"
     return bundled.exists() or bool(os.environ.get("TRITON_PTXAS_PATH")) or shutil.which("ptxas") is not None
 POINTERS = {"den": "fp32", "ws_acc": "fp32", "ws_den": "fp32", "ws_dq": "fp32", "mask": "u8", "cu_seqlens": "i32",
-            "bias": "fp32", "dbias": "fp32", "ws_dbias": "fp32", "sd": "fp32", "g": "fp32", "ws_g": "fp32"}
+            "bias": "fp32", "dbias": "fp32", "ws_dbias": "fp32", "sd": "fp32", "g": "fp32", "ws_g": "fp32",
+            "stats": "fp32", "part": "fp32"}
 FLOATS = {"scale", "eps", "floor"}
 
 
@@ -69,7 +71,7 @@ def compile_kernel(kernel, dtype: str, constexprs: dict, num_warps: int, num_sta
             signature[name] = "constexpr"
         elif name in FLOATS:
             signature[name] = "fp32"
-        elif name in ("N", "N_PER_SPLIT", "M", "MAX_N", "ITERS", "N_TILES") or name.startswith("s_"):
+        elif name in ("N", "N_PER_SPLIT", "M", "MAX_N", "ITERS", "N_TILES", "rows") or name.startswith("s_"):
             signature[name] = "i32"
         else:
             signature[name] = "*" + POINTERS.get(name, dtype)
@@ -184,6 +186,22 @@ def tile_cases() -> list:
         for kernel in (kgru._gru_gates_fwd_kernel, kgru._gru_gates_bwd_kernel):
             label = f"{kernel.__name__:<22} D={D:<5} M{bm:>3} D{bd:>4} w4"
             cases.append((label, kernel, "bf16", dict(D=D, BLOCK_M=bm, BLOCK_D=bd), 4, 2))
+    cases += layer_norm_tile_cases()
+    return cases
+
+
+def layer_norm_tile_cases() -> list:
+    """The folded path's input LayerNorm (kernels/layer_norm.py) at its launcher's GPU tile for each
+    benchmark width, fp32 tensors (autocast's fp32 inputs: the widest registers)."""
+    import torch  # noqa: PLC0415
+
+    cases = []
+    for D in sorted({DH for _, _, _, DH, _ in TILE_SHAPES}):
+        br, bd, warps = kln._tiles(D, torch.device("cuda"))
+        for kernel, flags in ((kln._layer_norm_fwd_kernel, dict(HAS_W=True, HAS_B=True)),
+                              (kln._layer_norm_bwd_kernel, dict(HAS_W=True, HAS_PART=True))):
+            label = f"{kernel.fn.__name__:<22} D={D:<5} R{br:>3} D{bd:>5} w{warps}"
+            cases.append((label, kernel, "fp32", dict(D=D, BLOCK_R=br, BLOCK_D=bd, **flags), warps, 2))
     return cases
 
 
