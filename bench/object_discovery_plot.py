@@ -19,7 +19,11 @@ def main(argv=None) -> int:
     p.add_argument("--runs", nargs="+", required=True, help="LABEL=FOLDER pairs (slotvlm discover --out folders)")
     p.add_argument("--out", required=True, help="PNG to write")
     p.add_argument("--title", default="", help="figure title")
+    p.add_argument("--max-step", type=int, default=None,
+                   help="plot only steps up to this one (compare runs of different lengths)")
     args = p.parse_args(argv)
+    if args.max_step is not None and args.max_step < 1:
+        raise SystemExit(f"--max-step: expected a positive step, got {args.max_step}")
 
     import matplotlib
 
@@ -36,10 +40,13 @@ def main(argv=None) -> int:
         rows = read_log(folder)
         if not rows:
             raise SystemExit(f"--runs: {folder!r} has no log.jsonl")
+        if args.max_step is not None:
+            rows = [r for r in rows if r.get("step", 0) <= args.max_step]
         ev = [r for r in rows if "fg_ari" in r]
         tr = [r for r in rows if "loss" in r]
-        axes[0].plot([r["step"] for r in ev], [r["fg_ari"] for r in ev], marker="o", ms=3, label=label)
-        axes[1].plot([r["step"] for r in ev], [r["mbo"] for r in ev], marker="o", ms=3, label=label)
+        style = dict(marker="o", ms=3, ls="--" if label.startswith(("pkg", "package", "slot-attention")) else "-")
+        axes[0].plot([r["step"] for r in ev], [r["fg_ari"] for r in ev], label=label, **style)
+        axes[1].plot([r["step"] for r in ev], [r["mbo"] for r in ev], label=label, **style)
         if tr:
             k = max(1, len(tr) // 100)  # a light running mean
             steps = [r["step"] for r in tr][k - 1:]

@@ -81,3 +81,40 @@ def test_bad_config_names_the_field(tmp_path):
         DiscoverConfig(out=str(tmp_path), enc_kernel=4).validate()
     with pytest.raises(ValueError, match="backend"):
         DiscoverConfig(out=str(tmp_path), module="slot-attention", backend="triton").validate()
+
+
+def test_curve_plot_keeps_steps_up_to_max_step(tmp_path, monkeypatch):
+    """bench/object_discovery_plot.py draws every run's curves, cut at --max-step, and names a bad
+    --runs entry."""
+    import importlib.util
+
+    import matplotlib.axes
+
+    spec = importlib.util.spec_from_file_location(
+        "od_plot", os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "bench", "object_discovery_plot.py")
+    )
+    plot = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(plot)
+    for name, scale in (("ours", 1.0), ("pkg", 0.5)):
+        folder = tmp_path / name
+        folder.mkdir()
+        with open(folder / "log.jsonl", "w", encoding="utf-8") as f:
+            for step in range(0, 1001, 100):
+                f.write(json.dumps({"step": step, "loss": 1.0 / (1 + step)}) + "\n")
+                f.write(json.dumps({"step": step, "fg_ari": scale * step / 1000, "mbo": 0.1}) + "\n")
+    drawn = []
+    real_plot = matplotlib.axes.Axes.plot
+
+    def spy(self, x, y, *a, **kw):
+        drawn.append((kw.get("label"), list(x)))
+        return real_plot(self, x, y, *a, **kw)
+
+    monkeypatch.setattr(matplotlib.axes.Axes, "plot", spy)
+    out = tmp_path / "curves.png"
+    assert plot.main(["--runs", f"ours={tmp_path / 'ours'}", f"pkg={tmp_path / 'pkg'}", "--out", str(out),
+                      "--max-step", "500"]) == 0
+    assert out.stat().st_size > 1000
+    assert {label for label, _ in drawn} == {"ours", "pkg"}
+    assert all(max(x) <= 500 for _, x in drawn) and any(max(x) == 500 for _, x in drawn)
+    with pytest.raises(SystemExit, match="LABEL=FOLDER"):
+        plot.main(["--runs", str(tmp_path / "ours"), "--out", str(out)])
