@@ -1,6 +1,6 @@
 """SlotSSM in miniature: per-slot states vs one monolithic state on a multi-object long-context task.
 
-    OMP_NUM_THREADS=2 python bench/slotssm_task.py           # default: ~45 min on an idle 2-core CPU (estimated)
+    OMP_NUM_THREADS=2 python bench/slotssm_task.py           # default: ~65 CPU-min of training (measured, one thread)
     python bench/slotssm_task.py --smoke                     # the CI-sized run of the tests
     python bench/slotssm_task.py --lengths 64 256 --seeds 0  # a reduced run
 
@@ -53,7 +53,7 @@ from slotvlm.nn.slot_ssm import SlotSSM, SlotSSMLayer  # noqa: E402
 MODELS = ("SlotSSM", "single-state SSM", "slot transformer")
 STATE_DIM, EXPAND = 8, 1  # SSM state size and channel expansion (small: the scan runs as a Python loop on CPU)
 PRESETS = {
-    # default: sized for <= 45 min on an idle 2-core CPU from the measured CPU seconds per step
+    # default: lengths 64-1024, 3 seeds; measured 2026-11-30: ~65 CPU-min of training on one thread (docs/training.md)
     # (T = 256, batch 32: SlotSSM 1.0 s, single-state 0.25 s, slot transformer 0.5 s; linear in T and batch)
     "default": dict(lengths=[64, 128, 256, 512, 1024], seeds=[0, 1, 2], steps=120, batch=16, eval_n=256),
     "smoke": dict(lengths=[8, 16], seeds=[0, 1], steps=2, batch=4, eval_n=8),
