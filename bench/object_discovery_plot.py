@@ -19,6 +19,9 @@ def main(argv=None) -> int:
     p.add_argument("--runs", nargs="+", required=True, help="LABEL=FOLDER pairs (slotvlm discover --out folders)")
     p.add_argument("--out", required=True, help="PNG to write")
     p.add_argument("--title", default="", help="figure title")
+    p.add_argument("--paired", action="store_true",
+                   help="runs come in pairs (e.g. ours, package of one seed): a pair shares a colour, "
+                        "its second run is dashed")
     p.add_argument("--max-step", type=int, default=None,
                    help="plot only steps up to this one (compare runs of different lengths)")
     args = p.parse_args(argv)
@@ -33,7 +36,7 @@ def main(argv=None) -> int:
     from slotvlm.discover import read_log
 
     fig, axes = plt.subplots(1, 3, figsize=(12, 3.6))
-    for spec in args.runs:
+    for i, spec in enumerate(args.runs):
         if "=" not in spec:
             raise SystemExit(f"--runs: expected LABEL=FOLDER, got {spec!r}")
         label, folder = spec.split("=", 1)
@@ -44,14 +47,17 @@ def main(argv=None) -> int:
             rows = [r for r in rows if r.get("step", 0) <= args.max_step]
         ev = [r for r in rows if "fg_ari" in r]
         tr = [r for r in rows if "loss" in r]
-        style = dict(marker="o", ms=3, ls="--" if label.startswith(("pkg", "package", "slot-attention")) else "-")
-        axes[0].plot([r["step"] for r in ev], [r["fg_ari"] for r in ev], label=label, **style)
-        axes[1].plot([r["step"] for r in ev], [r["mbo"] for r in ev], label=label, **style)
+        if args.paired:
+            style = dict(color=f"C{i // 2}", ls="--" if i % 2 else "-")
+        else:
+            style = dict(color=f"C{i}", ls="-")
+        axes[0].plot([r["step"] for r in ev], [r["fg_ari"] for r in ev], label=label, marker="o", ms=2, **style)
+        axes[1].plot([r["step"] for r in ev], [r["mbo"] for r in ev], label=label, marker="o", ms=2, **style)
         if tr:
             k = max(1, len(tr) // 100)  # a light running mean
             steps = [r["step"] for r in tr][k - 1:]
             loss = [sum(r["loss"] for r in tr[i - k + 1:i + 1]) / k for i in range(k - 1, len(tr))]
-            axes[2].plot(steps, loss, label=label, lw=1)
+            axes[2].plot(steps, loss, label=label, lw=1, **style)
     for ax, name in zip(axes, ("held-out FG-ARI", "held-out mBO", "training MSE")):
         ax.set_xlabel("training step")
         ax.set_ylabel(name)

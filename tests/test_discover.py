@@ -112,7 +112,7 @@ def test_curve_plot_keeps_steps_up_to_max_step(tmp_path, monkeypatch):
     monkeypatch.setattr(matplotlib.axes.Axes, "plot", spy)
     out = tmp_path / "curves.png"
     assert plot.main(["--runs", f"ours={tmp_path / 'ours'}", f"pkg={tmp_path / 'pkg'}", "--out", str(out),
-                      "--max-step", "500"]) == 0
+                      "--max-step", "500", "--paired"]) == 0
     assert out.stat().st_size > 1000
     assert {label for label, _ in drawn} == {"ours", "pkg"}
     assert all(max(x) <= 500 for _, x in drawn) and any(max(x) == 500 for _, x in drawn)
