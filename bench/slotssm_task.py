@@ -1,6 +1,6 @@
 """SlotSSM in miniature: per-slot states vs one monolithic state on a multi-object long-context task.
 
-    OMP_NUM_THREADS=2 python bench/slotssm_task.py           # default: ~65 CPU-min of training (measured, one thread)
+    OMP_NUM_THREADS=2 python bench/slotssm_task.py           # default: ~65 CPU-min on one thread (measured); ~43 min with two (estimated)
     python bench/slotssm_task.py --smoke                     # the CI-sized run of the tests
     python bench/slotssm_task.py --lengths 64 256 --seeds 0  # a reduced run
 
