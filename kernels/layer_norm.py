@@ -24,13 +24,13 @@ import torch
 import triton
 import triton.language as tl
 
-from .slot_attention import _INTERPRET, _next_pow2
+from .slot_attention import _INTERPRET, _next_pow2, arg_flags
 
 #: widest row the kernels take (the whole row stays in registers); wider rows use ATen's LayerNorm.
 MAX_D = 8192
 
 
-@triton.heuristics({"HAS_W": lambda args: args["w"] is not None, "HAS_B": lambda args: args["b"] is not None})
+@arg_flags(dict(HAS_W="w", HAS_B="b"))
 @triton.jit(do_not_specialize=["rows"])
 def _layer_norm_fwd_kernel(
     x, w, b, y, stats,
@@ -58,12 +58,7 @@ def _layer_norm_fwd_kernel(
     tl.store(stats + rows + o_r, b_rstd, mask=m_r)
 
 
-@triton.heuristics(
-    {
-        "HAS_W": lambda args: args["w"] is not None,
-        "HAS_PART": lambda args: args["part"] is not None,
-    }
-)
+@arg_flags(dict(HAS_W="w", HAS_PART="part"))
 @triton.jit(do_not_specialize=["rows"])
 def _layer_norm_bwd_kernel(
     x, w, dy, stats, dx, part,

@@ -107,15 +107,17 @@ def _valid_tokens(mask, i_p, s_mp, o_n, m_n, HAS_MASK: tl.constexpr):
     return m_n
 
 
-@triton.heuristics(
-    {
-        "HAS_MASK": lambda args: args["mask"] is not None,
-        "IS_VARLEN": lambda args: args["cu_seqlens"] is not None,
-        "STORE_ATTN": lambda args: args["attn"] is not None,
-        "HAS_BIAS": lambda args: args["bias"] is not None,
-        "NORMALIZE": lambda args: args["ws_acc"] is None,
-    }
-)
+def arg_flags(given: dict | None = None, missing: dict | None = None):
+    """``@triton.heuristics`` for a kernel's optional pointer arguments: each constexpr flag in
+    ``given`` (``{flag: argument name}``) is True when that argument was passed (not None), each in
+    ``missing`` when it was left out (None)."""
+    rules = {flag: (lambda args, name=name: args[name] is not None) for flag, name in (given or {}).items()}
+    rules.update({flag: (lambda args, name=name: args[name] is None) for flag, name in (missing or {}).items()})
+    return triton.heuristics(rules)
+
+
+@arg_flags(dict(HAS_MASK="mask", IS_VARLEN="cu_seqlens", STORE_ATTN="attn", HAS_BIAS="bias"),
+           missing=dict(NORMALIZE="ws_acc"))
 @triton.jit(do_not_specialize=["N", "N_PER_SPLIT"])
 def _slot_attn_fwd_kernel(
     q, k, v, mask, cu_seqlens, bias,
@@ -176,16 +178,8 @@ def _slot_attn_fwd_kernel(
             tl.store(ws_den + i_sph * K + o_k, b_den, mask=m_k)
 
 
-@triton.heuristics(
-    {
-        "HAS_MASK": lambda args: args["mask"] is not None,
-        "IS_VARLEN": lambda args: args["cu_seqlens"] is not None,
-        "HAS_DATTN": lambda args: args["dattn"] is not None,
-        "HAS_BIAS": lambda args: args["bias"] is not None,
-        "SHARED_KV": lambda args: args["dv"] is None,
-        "NORMALIZE": lambda args: args["ws_dq"] is None,
-    }
-)
+@arg_flags(dict(HAS_MASK="mask", IS_VARLEN="cu_seqlens", HAS_DATTN="dattn", HAS_BIAS="bias"),
+           missing=dict(SHARED_KV="dv", NORMALIZE="ws_dq"))
 @triton.jit(do_not_specialize=["N", "N_PER_SPLIT"])
 def _slot_attn_bwd_kernel(
     q, k, v, mask, cu_seqlens, bias, out, dout, den, dattn,

@@ -35,7 +35,7 @@ import triton
 import triton.language as tl
 
 from .slot_attention import (
-    DENOM_FLOOR, _INTERPRET, _dot_prec, _n_split, _next_pow2, _token_range, _valid_tokens,
+    DENOM_FLOOR, _INTERPRET, _dot_prec, _n_split, _next_pow2, _token_range, _valid_tokens, arg_flags,
 )
 
 
@@ -48,15 +48,8 @@ def _softmax_over_slots(b_s, b_c, m_k, scale):
     return b_e / tl.sum(b_e, axis=1)[:, None]
 
 
-@triton.heuristics(
-    {
-        "HAS_MASK": lambda args: args["mask"] is not None,
-        "IS_VARLEN": lambda args: args["cu_seqlens"] is not None,
-        "HAS_BIAS": lambda args: args["bias"] is not None,
-        "STORE_ATTN": lambda args: args["attn"] is not None,
-        "NORMALIZE": lambda args: args["ws_acc"] is None,
-    }
-)
+@arg_flags(dict(HAS_MASK="mask", IS_VARLEN="cu_seqlens", HAS_BIAS="bias", STORE_ATTN="attn"),
+           missing=dict(NORMALIZE="ws_acc"))
 @triton.jit(do_not_specialize=["N", "N_PER_SPLIT"])
 def _fold_fwd_kernel(
     x, q, bias, mask, cu_seqlens, out, den, attn, ws_acc, ws_den,
@@ -124,13 +117,7 @@ def _fold_fwd_kernel(
             tl.store(ws_den + i_sp * K + o_k, b_den, mask=m_k)
 
 
-@triton.heuristics(
-    {
-        "HAS_MASK": lambda args: args["mask"] is not None,
-        "IS_VARLEN": lambda args: args["cu_seqlens"] is not None,
-        "HAS_BIAS": lambda args: args["bias"] is not None,
-    }
-)
+@arg_flags(dict(HAS_MASK="mask", IS_VARLEN="cu_seqlens", HAS_BIAS="bias"))
 @triton.jit(do_not_specialize=["N", "N_PER_SPLIT"])
 def _fold_scores_bwd_kernel(
     x, q, du, mask, cu_seqlens, bias, den, sd, ws_g,
@@ -180,13 +167,7 @@ def _fold_scores_bwd_kernel(
     tl.store(ws_g + (i_s.to(tl.int64) * tl.num_programs(0) + i_p) * BLOCK_K + o_k, b_g)
 
 
-@triton.heuristics(
-    {
-        "HAS_MASK": lambda args: args["mask"] is not None,
-        "IS_VARLEN": lambda args: args["cu_seqlens"] is not None,
-        "HAS_DATTN": lambda args: args["dattn"] is not None,
-    }
-)
+@arg_flags(dict(HAS_MASK="mask", IS_VARLEN="cu_seqlens", HAS_DATTN="dattn"))
 @triton.jit(do_not_specialize=["N", "MAX_N"])
 def _fold_dq_bwd_kernel(
     x, q, du, sd, g, den, dattn, mask, cu_seqlens, dq, dbias, tok_s, tok_q,
@@ -247,7 +228,7 @@ def _fold_dq_bwd_kernel(
         tl.store(dbias + i_p * s_dqp + o_k * s_dqk, b_db.to(dbias.dtype.element_ty), mask=m_k)
 
 
-@triton.heuristics({"IS_VARLEN": lambda args: args["cu_seqlens"] is not None})
+@arg_flags(dict(IS_VARLEN="cu_seqlens"))
 @triton.jit(do_not_specialize=["N", "ITERS", "N_TILES"])
 def _fold_dx_kernel(
     tok_s, tok_q, cu_seqlens, dx,
