@@ -88,7 +88,10 @@ def _extension():
 
 
 setup(
-    packages=find_packages(include=["slotvlm", "slotvlm.*", "kernels", "kernels.*"]),
+    # One top-level import name: slotvlm. The Triton sources sit in the top-level kernels/ folder
+    # (design card) and are imported as slotvlm.kernels through the slotvlm/kernels symlink; that
+    # folder has no __init__.py, so a checkout's root on sys.path cannot shadow PyPI's `kernels`.
+    packages=find_packages(include=["slotvlm", "slotvlm.*"]) + ["slotvlm.kernels"],
     ext_modules=[_extension()],
     cmdclass={"build_ext": BuildExtension.with_options(use_ninja=True)},
 )

@@ -534,7 +534,7 @@ def _sa_bwd(grid, args):
 
 
 def _sa_default(args, fwd):
-    from kernels import slot_attention as ksa
+    from slotvlm.kernels import slot_attention as ksa
 
     kernel = ksa._slot_attn_fwd_kernel if fwd else ksa._slot_attn_bwd_kernel
     jit = kernel.fn if hasattr(kernel, "fn") else kernel

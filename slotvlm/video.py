@@ -165,7 +165,7 @@ def clip_preprocess_triton(frames: torch.Tensor, size: int, crop_size: int, mean
     rh, rw = shortest_edge_size(H, W, size)
     if rh < crop_size or rw < crop_size:
         raise ValueError(f"clip_preprocess: frames of size {H}x{W} resize to {rh}x{rw}, smaller than crop_size={crop_size}")
-    from kernels.clip_preprocess import clip_resample_fwd  # noqa: PLC0415  (imports triton)
+    from slotvlm.kernels.clip_preprocess import clip_resample_fwd  # noqa: PLC0415  (imports triton)
 
     dev = str(frames.device)
     top, left = (rh - crop_size) // 2, (rw - crop_size) // 2

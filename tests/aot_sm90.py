@@ -41,10 +41,10 @@ try:
 except ImportError:  # pragma: no cover
     sys.exit(3)
 
-import kernels.gru as kgru  # noqa: E402
-import kernels.layer_norm as kln  # noqa: E402
-import kernels.slot_attention as ksa  # noqa: E402
-import kernels.slot_attention_deferred as kfold  # noqa: E402
+import slotvlm.kernels.gru as kgru  # noqa: E402
+import slotvlm.kernels.layer_norm as kln  # noqa: E402
+import slotvlm.kernels.slot_attention as ksa  # noqa: E402
+import slotvlm.kernels.slot_attention_deferred as kfold  # noqa: E402
 
 TARGET = GPUTarget("cuda", 90, 32)
 # sm_90 (H100/H200) per-SM limits for the occupancy column

@@ -20,7 +20,7 @@ interpreter_only = pytest.mark.skipif(
     not INTERPRET, reason="interpreter tests: run with TRITON_INTERPRET=1 (conftest's default)"
 )
 fused = pytest.importorskip("slotvlm.ops.fused")
-import kernels.layer_norm as kln  # noqa: E402
+import slotvlm.kernels.layer_norm as kln  # noqa: E402
 
 ATOL, RTOL = 1e-4, 1e-3
 

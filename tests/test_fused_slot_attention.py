@@ -18,9 +18,9 @@ pytestmark = pytest.mark.skipif(
 )
 
 fused = pytest.importorskip("slotvlm.ops.fused")
-import kernels.gru as kgru  # noqa: E402
-import kernels.slot_attention as ksa  # noqa: E402
-import kernels.slot_attention_deferred as ksd  # noqa: E402
+import slotvlm.kernels.gru as kgru  # noqa: E402
+import slotvlm.kernels.slot_attention as ksa  # noqa: E402
+import slotvlm.kernels.slot_attention_deferred as ksd  # noqa: E402
 from triton_spy import LaunchCounter
 
 ATOL, RTOL = 1e-4, 1e-3

@@ -91,7 +91,7 @@ def test_autocast_casts_the_inputs_once_per_forward():
                 casts.append(args[0].dtype)
             return func(*args, **(kwargs or {}))
 
-    import kernels.layer_norm as kln
+    import slotvlm.kernels.layer_norm as kln
     from triton.runtime.interpreter import InterpretedFunction
 
     normalised = []
@@ -116,9 +116,9 @@ def test_autocast_casts_the_inputs_once_per_forward():
 
 
 def test_traffic_model_covers_the_folded_kernels(monkeypatch):
-    """``kernels.TRAFFIC`` has a per-launch (bytes read, bytes written, FLOPs) model for every
+    """``slotvlm.kernels.traffic.TRAFFIC`` has a per-launch (bytes read, bytes written, FLOPs) model for every
     folded kernel a module call launches, and each reads at least the token stream it must read."""
-    import kernels
+    from slotvlm.kernels.traffic import TRAFFIC
     from triton.runtime.interpreter import InterpretedFunction
 
     seen = {}
@@ -126,9 +126,9 @@ def test_traffic_model_covers_the_folded_kernels(monkeypatch):
 
     def spying_run(self, *args, grid=None, **kwargs):
         name = self.fn.__name__
-        if name in kernels.TRAFFIC:
+        if name in TRAFFIC:
             named = dict(zip(self.arg_names, args), **kwargs)
-            seen[name] = (kernels.TRAFFIC[name](grid, named), named)
+            seen[name] = (TRAFFIC[name](grid, named), named)
         return run(self, *args, grid=grid, **kwargs)
 
     monkeypatch.setattr(InterpretedFunction, "run", spying_run)
@@ -138,7 +138,7 @@ def test_traffic_model_covers_the_folded_kernels(monkeypatch):
     P, N, D = 3, 20, 32
     x = torch.randn(P, N, D, requires_grad=True)
     SlotAttention(6, D, iters=2, backend="triton")(x).sum().backward()
-    assert set(seen) == set(kernels.TRAFFIC)
+    assert set(seen) == set(TRAFFIC)
     x_bytes = P * N * D * 4
     for name, ((read, written, flops), named) in seen.items():
         assert all(isinstance(v, int) and v > 0 for v in (read, written, flops)), name

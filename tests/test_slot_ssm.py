@@ -51,7 +51,7 @@ def test_slots_interact_only_within_frames_through_the_mixer():
 
 @pytest.mark.parametrize("recurrent", [True, False], ids=["recurrent-encoder", "parallel-encoder"])
 def test_triton_backend_matches_torch_with_gradients(recurrent, monkeypatch):
-    import kernels.selective_scan as ks
+    import slotvlm.kernels.selective_scan as ks
 
     launches = {"fwd": 0, "bwd": 0}
     for name in launches:
@@ -62,7 +62,7 @@ def test_triton_backend_matches_torch_with_gradients(recurrent, monkeypatch):
             return _real(*a)
 
         monkeypatch.setattr(ks, f"selective_scan_{name}", spy)
-    import kernels.slot_attention_deferred as ksd
+    import slotvlm.kernels.slot_attention_deferred as ksd
     from triton_spy import LaunchCounter
 
     # the encoder's slot attention must run the fused Triton step kernels too (the kernels issue;

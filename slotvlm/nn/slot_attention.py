@@ -308,7 +308,7 @@ class SlotAttention(nn.Module):
         ``self.norm_input``'s own weight, bias and eps (parameters and state_dict unchanged); a
         replaced ``norm_input`` that is not a LayerNorm over ``dim`` (or a dim wider than the
         kernel's row limit) runs as given and ``_iterate_folded`` converts its output."""
-        from kernels.layer_norm import MAX_D  # noqa: PLC0415  (imports triton, like the backend)
+        from slotvlm.kernels.layer_norm import MAX_D  # noqa: PLC0415  (imports triton, like the backend)
 
         ln = self.norm_input
         if not isinstance(ln, nn.LayerNorm) or tuple(ln.normalized_shape) != (self.dim,) or self.dim > MAX_D:

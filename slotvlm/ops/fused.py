@@ -26,10 +26,10 @@ from typing import Optional
 import torch
 from torch import Tensor
 
-from kernels import gru as _gru
-from kernels import layer_norm as _ln
-from kernels import slot_attention as _sa
-from kernels import slot_attention_deferred as _sd
+from slotvlm.kernels import gru as _gru
+from slotvlm.kernels import layer_norm as _ln
+from slotvlm.kernels import slot_attention as _sa
+from slotvlm.kernels import slot_attention_deferred as _sd
 
 from .._checks import check_tensor, describe
 from ..backend import FUSED_DTYPES

@@ -110,7 +110,7 @@ def selective_scan_parallel(u, delta, A, B, C, D=None, h0=None, *, acc_dtype: to
 # ------------------------------------------------------------------------ the fused custom op
 def _kernels():
     try:
-        from kernels import selective_scan as k  # noqa: PLC0415  (imports triton lazily)
+        from slotvlm.kernels import selective_scan as k  # noqa: PLC0415  (imports triton lazily)
     except ImportError as exc:
         raise ValueError(f"the Triton selective scan is not available in this build: {exc}") from exc
     return k
