@@ -259,6 +259,57 @@ def test_push_to_hub_then_load_offline_from_the_cache(tiny, reference, root):
     assert "me/not-in-cache" in msg and seconds < 10
 
 
+
+def test_auto_model_hub_id_and_subfolder(tiny, reference, root):
+    """transformers' ``AutoModel.from_pretrained`` forwards ``force_download``, ``proxies``,
+    ``subfolder``... (5.25): a folder, a folder's sub-folder, a hub id and a hub id's sub-folder (offline
+    cache layout) all give the same SlotVLM as ``SlotVLM.from_pretrained(folder)``; an unknown keyword
+    is a ValueError that names it."""
+    from transformers import AutoModel
+
+    outer = root / "outer"
+    shutil.copytree(tiny, outer / "m")
+    model = AutoModel.from_pretrained(str(outer), subfolder="m", force_download=False, proxies=None)
+    assert type(model) is SlotVLM
+    assert_same(outputs(model.eval()), reference)
+    with pytest.raises(ValueError, match="subfolder='nope'"):
+        SlotVLM.from_pretrained(str(outer), subfolder="nope")
+    with pytest.raises(ValueError, match="no_such_option"):
+        SlotVLM.from_pretrained(tiny, no_such_option=1)
+
+    hf_home = root / "hf_home_sub"
+    files = _folder_files(tiny)
+    _cache_repo(hf_home, "me/flat", files, "e" * 40)
+    _cache_repo(hf_home, "me/nested", {"m/" + k: v for k, v in files.items()}, "f" * 40)
+    script = textwrap.dedent(f"""
+        import json, sys, torch
+        sys.path.insert(0, {HERE!r})
+        from safetensors.torch import save_file
+        from transformers import AutoModel
+        from test_hub import outputs
+        import slotvlm.model  # noqa: F401  (registers the Auto classes)
+        res = {{}}
+        for repo, kw in (("me/flat", {{}}), ("me/nested", {{"subfolder": "m"}})):
+            m = AutoModel.from_pretrained(repo, **kw).eval()
+            o = outputs(m)
+            save_file({{"emb": o["emb"].contiguous(), "logits": o["logits"].contiguous()}}, sys.argv[1] + repo[3:])
+            res[repo] = {{"answer": o["answer"], "type": type(m).__name__}}
+        print(json.dumps(res))
+    """)
+    env = {**os.environ, "HF_HOME": str(hf_home), "HF_HUB_OFFLINE": "1", "PYTHONPATH": REPO}
+    env.pop("HF_HUB_CACHE", None)
+    env.pop("HF_ENDPOINT", None)
+    proc = subprocess.run([sys.executable, "-c", script, str(root / "auto_")], env=env, capture_output=True,
+                          text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    res = json.loads(proc.stdout.strip().splitlines()[-1])
+    from safetensors.torch import load_file
+
+    for repo in ("me/flat", "me/nested"):
+        assert res[repo]["type"] == "SlotVLM"
+        t = load_file(str(root / ("auto_" + repo[3:])))
+        assert_same({**t, "answer": res[repo]["answer"]}, reference)
+
 def test_card_lists_hub_base_models():
     from huggingface_hub import ModelCard
 

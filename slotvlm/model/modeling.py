@@ -72,14 +72,36 @@ def _llm_attn_implementation(device: torch.device, dtype: torch.dtype) -> str:
     return "sdpa"
 
 
+#: Keywords that transformers' ``AutoModel`` / ``PreTrainedModel.from_pretrained`` forward (5.x) and that
+#: mean nothing for a Slot-VLM folder (one small safetensors file, base models loaded by reference):
+#: accepted and ignored, so ``AutoModel.from_pretrained(folder)`` works across the supported range.
+IGNORED_LOAD_KWARGS = frozenset({
+    "trust_remote_code", "adapter_kwargs", "adapter_name", "_from_auto", "_from_pipeline", "_commit_hash",
+    "proxies", "resume_download", "mirror", "user_agent", "code_revision", "use_safetensors", "variant",
+    "low_cpu_mem_usage", "offload_folder", "offload_state_dict", "offload_buffers", "max_memory",
+    "use_auth_token", "output_loading_info", "ignore_mismatched_sizes", "weights_only", "key_mapping",
+    "tp_plan", "tp_size", "device_mesh", "distributed_config", "gguf_file", "quantization_config",
+    "attn_implementation", "experts_implementation", "state_dict", "from_tf", "from_flax", "kernel_config",
+    "use_kernels", "generation_config",
+})
+
+
 def resolve_model_folder(name, *, revision: str | None = None, cache_dir=None, token=None,
-                         local_files_only: bool | None = None) -> str:
+                         local_files_only: bool | None = None, subfolder: str | None = None,
+                         force_download: bool = False) -> str:
     """A local Slot-VLM folder for ``name``: the folder itself, or the hub snapshot of the repo ``name``
     (config, connector weights, model card, and any base model the config keeps inside the repo as
     ``./sub``), downloaded once into the huggingface_hub cache. ``HF_HUB_OFFLINE=1`` or
     ``local_files_only=True`` uses the cache only. A name that looks like a local path
     (:func:`~slotvlm.model.config.looks_local`) and does not exist is a ``ValueError`` at once."""
     name = os.fspath(name)
+    sub = (subfolder or "").strip("/")
+    if sub and (os.path.isabs(sub) or ".." in sub.split("/")):
+        raise ValueError(f"subfolder={subfolder!r} must be a relative path inside the model repo or folder")
+    if os.path.isdir(name) and sub:
+        if not os.path.isdir(os.path.join(name, sub)):
+            raise ValueError(f"subfolder={subfolder!r} does not exist in model={name!r}")
+        name = os.path.join(name, sub)
     if os.path.isdir(name):
         if not any(os.path.isfile(os.path.join(name, n)) for n in (CONFIG_NAME, LEGACY_CONFIG_NAME)):
             raise ValueError(f"model={name!r} is not a Slot-VLM model directory (no {CONFIG_NAME})")
@@ -93,12 +115,16 @@ def resolve_model_folder(name, *, revision: str | None = None, cache_dir=None, t
     hub = dict(revision=revision, cache_dir=cache_dir, token=token)
     if local_files_only:
         hub["local_files_only"] = True
+    if force_download:
+        hub["force_download"] = True
+    prefix = sub + "/" if sub else ""
     try:
-        with open(hf_hub_download(name, CONFIG_NAME, **hub), encoding="utf-8") as f:
+        with open(hf_hub_download(name, CONFIG_NAME, subfolder=sub or None, **hub), encoding="utf-8") as f:
             saved = json.load(f)
         refs = [saved.get(k) for k in REFERENCE_FIELDS]
         inside = [r[2:].rstrip("/") + "/*" for r in refs if isinstance(r, str) and r.startswith("./")]
-        return snapshot_download(name, allow_patterns=[CONFIG_NAME, WEIGHTS_NAME, CARD_NAME, *inside], **hub)
+        patterns = [prefix + p for p in (CONFIG_NAME, WEIGHTS_NAME, CARD_NAME, *inside)]
+        return os.path.join(snapshot_download(name, allow_patterns=patterns, **hub), sub)
     except HFValidationError as exc:
         raise ValueError(f"model={name!r} is neither a local folder nor a valid hub id ({exc})") from None
     except (OSError, ValueError) as exc:  # not found, offline without a cached copy, no access
@@ -204,7 +230,11 @@ class SlotVLM(PreTrainedModel):
                 into the huggingface_hub cache; ``HF_HUB_OFFLINE=1`` reads the cache only).
             device, dtype, backend: as in :meth:`from_config` (``torch_dtype`` is accepted for ``dtype``).
             config: a :class:`SlotVLMConfig` to use instead of the saved one (``AutoModel`` passes it).
-            revision, cache_dir, token, local_files_only: huggingface_hub download options.
+            revision, cache_dir, token, local_files_only, force_download: huggingface_hub download options.
+            subfolder: the model lives in this sub-folder of the folder or hub repo (``AutoModel`` passes it).
+
+        Other keywords that transformers' loaders forward (``proxies``, ``trust_remote_code``, ... see
+        ``IGNORED_LOAD_KWARGS``) are accepted and ignored; anything else is a ``ValueError`` naming it.
 
         The base models are loaded from the references in the config: hub ids through the cache,
         ``./x`` / ``../x`` relative to the model folder (so a moved or copied folder still loads).
@@ -219,13 +249,18 @@ class SlotVLM(PreTrainedModel):
             raise ValueError(f"device_map={device_map!r}: a Slot-VLM loads onto one device, pass device='cuda:0'")
         device = None if device == "auto" else device
         dtype = None if dtype == "auto" else dtype
-        kwargs.pop("trust_remote_code", None)
-        kwargs.pop("adapter_kwargs", None)
-        kwargs.pop("_from_auto", None)
+        subfolder = kwargs.pop("subfolder", None) or None
+        force_download = bool(kwargs.pop("force_download", False))
+        for key in IGNORED_LOAD_KWARGS:
+            kwargs.pop(key, None)
         if model_args or kwargs:
-            raise ValueError(f"SlotVLM.from_pretrained got unexpected arguments: {list(model_args)} {sorted(kwargs)}")
+            raise ValueError(f"SlotVLM.from_pretrained got unexpected arguments: {list(model_args)} {sorted(kwargs)} "
+                             f"(accepted: device, dtype, backend, config, revision, cache_dir, token, "
+                             f"local_files_only, subfolder, force_download, torch_dtype, device_map; "
+                             f"accepted and ignored: {', '.join(sorted(IGNORED_LOAD_KWARGS))})")
         folder = resolve_model_folder(pretrained_model_name_or_path, revision=revision, cache_dir=cache_dir,
-                                      token=token, local_files_only=local_files_only)
+                                      token=token, local_files_only=local_files_only, subfolder=subfolder,
+                                      force_download=force_download)
         if isinstance(config, SlotVLMConfig):
             d = config.slot_dict()
             for k in REFERENCE_FIELDS:
