@@ -537,7 +537,8 @@ class SlotVLM(PreTrainedModel):
         """Like :meth:`generate` for one video and one question, but yields the answer's text in pieces
         as the LLM produces them (``transformers.TextIteratorStreamer``; generation runs in a thread).
         ``video_embeds [1, L, H]``; ``history``: earlier ``(question, answer)`` turns of this video.
-        The pieces joined and stripped equal ``generate(...)[0]``."""
+        The pieces joined and stripped equal ``generate(...)[0]``; each piece but the last holds
+        non-blank text."""
         import threading  # noqa: PLC0415
 
         from transformers import TextIteratorStreamer  # noqa: PLC0415
@@ -573,7 +574,16 @@ class SlotVLM(PreTrainedModel):
         thread = threading.Thread(target=work, daemon=True)
         thread.start()
         try:
-            yield from streamer
+            # whitespace-only pieces (some tokenizer versions stream a lone " " before a word) are
+            # carried into the next piece, so every piece a client shows has text in it
+            pending = ""
+            for piece in streamer:
+                pending += piece
+                if pending.strip():
+                    yield pending
+                    pending = ""
+            if pending:
+                yield pending
         finally:
             stop.set()
             thread.join()
