@@ -182,6 +182,18 @@ def _folder_files(folder: str) -> dict[str, bytes]:
     return out
 
 
+def _run_offline(hf_home, script: str, out_prefix: str) -> dict:
+    """Run ``script`` (argv[1] = ``out_prefix``) in a fresh interpreter that sees only the hub cache
+    under ``hf_home`` (``HF_HUB_OFFLINE=1``); its last stdout line is JSON, returned."""
+    env = {**os.environ, "HF_HOME": str(hf_home), "HF_HUB_OFFLINE": "1", "PYTHONPATH": REPO}
+    env.pop("HF_HUB_CACHE", None)
+    env.pop("HF_ENDPOINT", None)
+    proc = subprocess.run([sys.executable, "-c", script, out_prefix], env=env, capture_output=True,
+                          text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
 def test_push_to_hub_then_load_offline_from_the_cache(tiny, reference, root):
     from huggingface_hub import HfApi, ModelCard
     from safetensors.torch import load
@@ -241,13 +253,7 @@ def test_push_to_hub_then_load_offline_from_the_cache(tiny, reference, root):
             res["missing"] = [str(e), time.perf_counter() - t0]
         print(json.dumps(res))
     """)
-    env = {**os.environ, "HF_HOME": str(hf_home), "HF_HUB_OFFLINE": "1", "PYTHONPATH": REPO}
-    env.pop("HF_HUB_CACHE", None)
-    env.pop("HF_ENDPOINT", None)
-    proc = subprocess.run([sys.executable, "-c", script, str(root / "out_")], env=env, capture_output=True,
-                          text=True, timeout=300)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    res = json.loads(proc.stdout.strip().splitlines()[-1])
+    res = _run_offline(hf_home, script, str(root / "out_"))
     from safetensors.torch import load_file
 
     for repo in ("me/tiny-slotvlm", "me/tiny-hubrefs"):
@@ -296,13 +302,7 @@ def test_auto_model_hub_id_and_subfolder(tiny, reference, root):
             res[repo] = {{"answer": o["answer"], "type": type(m).__name__}}
         print(json.dumps(res))
     """)
-    env = {**os.environ, "HF_HOME": str(hf_home), "HF_HUB_OFFLINE": "1", "PYTHONPATH": REPO}
-    env.pop("HF_HUB_CACHE", None)
-    env.pop("HF_ENDPOINT", None)
-    proc = subprocess.run([sys.executable, "-c", script, str(root / "auto_")], env=env, capture_output=True,
-                          text=True, timeout=300)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    res = json.loads(proc.stdout.strip().splitlines()[-1])
+    res = _run_offline(hf_home, script, str(root / "auto_"))
     from safetensors.torch import load_file
 
     for repo in ("me/flat", "me/nested"):
