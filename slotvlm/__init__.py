@@ -36,6 +36,12 @@ _LAZY = {
 
 __all__ = sorted(_LAZY) + ["__version__"]
 
+# transformers' AutoConfig / AutoModel know "slotvlm" as soon as transformers loads them (or now, if
+# it already has); nothing of transformers is imported here (see slotvlm/_autoreg.py).
+from . import _autoreg  # noqa: E402
+
+_autoreg.install()
+
 
 def __getattr__(name: str):
     if name in _LAZY:

@@ -291,9 +291,9 @@ def test_auto_model_hub_id_and_subfolder(tiny, reference, root):
         import json, sys, torch
         sys.path.insert(0, {HERE!r})
         from safetensors.torch import save_file
+        import slotvlm  # registers the Auto classes (tests/test_autoreg.py covers the import orders)
         from transformers import AutoModel
         from test_hub import outputs
-        import slotvlm.model  # noqa: F401  (registers the Auto classes)
         res = {{}}
         for repo, kw in (("me/flat", {{}}), ("me/nested", {{"subfolder": "m"}})):
             m = AutoModel.from_pretrained(repo, **kw).eval()

@@ -90,7 +90,7 @@ def render_model_card(cfg: SlotVLMConfig, *, trainable_params: int, license: str
         lines += ["None recorded.", ""]
     lines += ["## How to load", "", "```python", "from slotvlm import SlotVLM", "",
               f'model = SlotVLM.from_pretrained("{where}").eval()   # or transformers.AutoModel '
-              "after `import slotvlm.model`",
+              "after `import slotvlm`",
               'print(model.answer("clip.mp4", "What is happening in the video?"))', "```", "",
               "```bash", "pip install slotvlm", f'slotvlm chat --model {where} --video clip.mp4',
               f"slotvlm visualize --model {where} --video clip.mp4 --out slots.png", "```", ""]
