@@ -393,8 +393,8 @@ def test_errors_name_the_argument(monkeypatch):
         fused.slot_attention_step(q, k[..., :8], v, scale=1.0)
     with pytest.raises(ValueError, match="mask"):
         fused.slot_attention_step(q, k, v, torch.ones(1, 9), scale=1.0)
-    with pytest.raises(ValueError, match="cu_seqlens"):
-        fused.slot_attention_step_varlen(q, k[0], v[0], torch.tensor([0, 9]), scale=1.0)
+    with pytest.raises(ValueError, match="cu_seqlens must have dtype torch.int32 or torch.int64"):
+        fused.slot_attention_step_varlen(q, k[0], v[0], torch.tensor([0.0, 9.0]), scale=1.0)
     with pytest.raises(ValueError, match="cu_seqlens"):
         fused.slot_attention_step_varlen(q, k[0], v[0], torch.tensor([0, 7], dtype=torch.int32), scale=1.0)
     with pytest.raises(ValueError, match="cu_seqlens"):

@@ -10,7 +10,7 @@ import math
 import torch
 from torch import nn
 
-from .._checks import check_choice, check_positive_int, check_tensor, describe
+from .._checks import check_choice, check_cu_seqlens, check_positive_int, check_tensor, describe
 from ..backend import FUSED_DTYPES, requested_backend, resolve_backend
 from ..ops.slot_attention_ref import slot_attention_step_ref
 
@@ -160,6 +160,8 @@ class SlotAttention(nn.Module):
         self, batch: int, num_slots: int, *, device, dtype, deterministic: bool = False
     ) -> torch.Tensor:
         """Starting slots ``[batch, num_slots, dim]``: mu + sigma·noise, the mean, or the table."""
+        check_positive_int("batch", batch)
+        check_positive_int("num_slots", num_slots)
         if self.init == "learned":
             return self.slots_init.to(dtype).unsqueeze(0).expand(batch, -1, -1)
         mu = self.slots_mu.expand(batch, num_slots, -1)
@@ -424,10 +426,11 @@ class SlotAttention(nn.Module):
         Args:
             inputs: ``[T, dim]``, the P sequences concatenated; sequence ``p`` is
                 ``inputs[cu_seqlens[p]:cu_seqlens[p+1]]``.
-            cu_seqlens: int32 ``[P + 1]``, starting at 0, non-decreasing, ending at T (flash-attn's
-                varlen convention). An empty sequence behaves like an all-padding row.
+            cu_seqlens: int32 or int64 ``[P + 1]``, starting at 0, non-decreasing, ending at T
+                (flash-attn's varlen convention; checked with one host sync). An empty sequence
+                behaves like an all-padding row.
             num_slots, slots, deterministic_init: as in :meth:`forward` (slots ``[P, K, dim]``).
-            max_seqlen: the longest sequence; computed from cu_seqlens (a host sync) if None.
+            max_seqlen: the longest sequence (or more); computed from cu_seqlens if None.
             return_attn: also return the last iteration's attention ``[K, T]`` laid out like the
                 tokens (softmax over slots, averaged over heads).
 
@@ -440,16 +443,8 @@ class SlotAttention(nn.Module):
         t, d = inputs.shape
         if d != self.dim:
             raise ValueError(f"inputs must have shape [T, {self.dim}] (dim={self.dim}), got {describe(inputs)}")
-        check_tensor("cu_seqlens", cu_seqlens, ndim=1, dtype=torch.int32, device=inputs.device)
+        cu_seqlens, _, max_seqlen = check_cu_seqlens(cu_seqlens, t, device=inputs.device, max_seqlen=max_seqlen)
         p = cu_seqlens.shape[0] - 1
-        if p < 1:
-            raise ValueError(f"cu_seqlens must have at least 2 entries, got {describe(cu_seqlens)}")
-        cu_host = cu_seqlens.tolist()
-        lengths = [cu_host[i + 1] - cu_host[i] for i in range(p)]
-        if cu_host[0] != 0 or cu_host[-1] != t or min(lengths) < 0:
-            raise ValueError(f"cu_seqlens must start at 0, be non-decreasing and end at T={t}, got {cu_host}")
-        if max_seqlen is None:
-            max_seqlen = max(lengths)
         num_slots = num_slots if num_slots is not None else self.num_slots
         if slots is not None:
             check_tensor("slots", slots, shape=(p, None, self.dim), floating=True, device=inputs.device)
@@ -458,7 +453,7 @@ class SlotAttention(nn.Module):
         if backend == "torch":
             n = max(max_seqlen, 1)
             idx = torch.arange(n, device=inputs.device)
-            lens = torch.tensor(lengths, device=inputs.device)
+            lens = cu_seqlens[1:] - cu_seqlens[:-1]
             mask = idx[None, :] < lens[:, None]  # [P, n]
             padded = inputs.new_zeros(p, n, d)
             padded[mask] = inputs

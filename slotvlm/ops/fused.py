@@ -31,7 +31,7 @@ from slotvlm.kernels import layer_norm as _ln
 from slotvlm.kernels import slot_attention as _sa
 from slotvlm.kernels import slot_attention_deferred as _sd
 
-from .._checks import check_tensor, describe
+from .._checks import check_cu_seqlens, check_gru_args, check_number, check_step_args, check_tensor, describe
 from ..backend import FUSED_DTYPES
 
 __all__ = [
@@ -454,19 +454,6 @@ def gru_hidden(gi: Tensor, h: Tensor, w_hh: Tensor, b_hh: Optional[Tensor], toke
 
 
 # ---------------------------------------------------------------------------- public functions
-def _check_step(q, k, v, *, varlen: bool):
-    check_tensor("q", q, ndim=4, floating=True)
-    P, K, H, Dh = q.shape
-    if varlen:
-        check_tensor("k", k, shape=(None, H, Dh), floating=True, device=q.device)
-        check_tensor("v", v, shape=tuple(k.shape), floating=True, device=q.device)
-    else:
-        check_tensor("k", k, shape=(P, None, H, Dh), floating=True, device=q.device)
-        check_tensor("v", v, shape=tuple(k.shape), floating=True, device=q.device)
-    if k.dtype != q.dtype or v.dtype != q.dtype:
-        raise ValueError(f"q, k, v must share one dtype, got {q.dtype}, {k.dtype}, {v.dtype}")
-
-
 def slot_attention_step(
     q: Tensor,
     k: Tensor,
@@ -496,7 +483,7 @@ def slot_attention_step(
         q, k, v = torch.randn(2, 7, 1, 64), torch.randn(2, 4096, 1, 64), torch.randn(2, 4096, 1, 64)
         updates, _ = slot_attention_step(q.cuda(), k.cuda(), v.cuda(), scale=64 ** -0.5)
     """
-    _check_step(q, k, v, varlen=False)
+    check_step_args(q, k, v, varlen=False, scale=scale, eps=eps)
     if mask is not None:
         check_tensor("mask", mask, shape=(q.shape[0], k.shape[1]), dtype=torch.bool, device=q.device)
     out, _, attn = _slot_attn_fwd(q, k, v, mask, None, None, int(k.shape[1]), float(scale), float(eps), bool(return_attn))
@@ -521,29 +508,21 @@ def slot_attention_step_varlen(
 
     Args:
         q: ``[P, K, H, Dh]``. k, v: ``[T, H, Dh]`` packed tokens, ``T = cu_seqlens[-1]``.
-        cu_seqlens: int32 ``[P + 1]``, non-decreasing, starting at 0.
-        max_seqlen: the longest sequence (computed from cu_seqlens, with a host sync, if None).
+        cu_seqlens: int32 or int64 ``[P + 1]``, non-decreasing, starting at 0, ending at T (checked:
+            one host sync, skipped under torch.compile / CUDA-graph capture, where max_seqlen is required).
+        max_seqlen: the longest sequence, or more (computed from cu_seqlens if None).
         scale, eps, return_attn: as in :func:`slot_attention_step`.
 
     Returns:
         ``(updates [P, K, H, Dh], attn [H, K, T] or None)`` (attention laid out like the tokens).
     """
-    _check_step(q, k, v, varlen=True)
-    max_seqlen = _check_cu_seqlens(cu_seqlens, max_seqlen, q.shape[0], k.shape[0], q.device)
+    check_step_args(q, k, v, varlen=True, scale=scale, eps=eps)
+    cu_seqlens, _, max_seqlen = check_cu_seqlens(cu_seqlens, k.shape[0], num_seqs=q.shape[0], device=q.device,
+                                                 max_seqlen=max_seqlen)
     out, _, attn = _slot_attn_fwd(
         q, k, v, None, cu_seqlens, None, int(max_seqlen), float(scale), float(eps), bool(return_attn)
     )
     return out, (attn if return_attn else None)
-
-
-def _check_cu_seqlens(cu_seqlens, max_seqlen, P: int, T: int, device) -> int:
-    check_tensor("cu_seqlens", cu_seqlens, shape=(P + 1,), dtype=torch.int32, device=device)
-    if max_seqlen is None:
-        lengths = cu_seqlens[1:] - cu_seqlens[:-1]
-        if int(cu_seqlens[0]) != 0 or bool((lengths < 0).any()) or int(cu_seqlens[-1]) != T:
-            raise ValueError(f"cu_seqlens must start at 0, be non-decreasing and end at T={T}, got {cu_seqlens.tolist()}")
-        max_seqlen = int(lengths.max()) if lengths.numel() else 0
-    return int(max_seqlen)
 
 
 def slot_attention_step_projected(
@@ -582,9 +561,16 @@ def slot_attention_step_projected(
     """
     check_tensor("q", q, ndim=3, floating=True)
     P, K, D = q.shape
+    if P == 0 or K == 0:
+        raise ValueError(f"q must have at least one problem and one slot ([P, K, D] with P, K >= 1), got {describe(q)}")
     check_tensor("w_k", w_k, shape=(D, None), floating=True, device=q.device)
     d_in = w_k.shape[1]
     check_tensor("w_v", w_v, shape=(D, d_in), floating=True, device=q.device)
+    for name, b in (("b_k", b_k), ("b_v", b_v)):
+        if b is not None:
+            check_tensor(name, b, shape=(D,), floating=True, device=q.device)
+    check_number("scale", scale)
+    check_number("eps", eps, minimum=0.0)
     if cu_seqlens is None:
         check_tensor("x", x, shape=(P, None, d_in), floating=True, device=q.device)
         if mask is not None:
@@ -594,7 +580,8 @@ def slot_attention_step_projected(
         check_tensor("x", x, shape=(None, d_in), floating=True, device=q.device)
         if mask is not None:
             raise ValueError("mask must be None with cu_seqlens (packed sequences have no padding)")
-        max_seqlen = _check_cu_seqlens(cu_seqlens, max_seqlen, P, x.shape[0], q.device)
+        cu_seqlens, _, max_seqlen = check_cu_seqlens(cu_seqlens, x.shape[0], num_seqs=P, device=q.device,
+                                                     max_seqlen=max_seqlen)
     return _projected_step(
         q, x, w_k, b_k, w_v, b_v, mask, cu_seqlens, int(max_seqlen), float(scale), float(eps), bool(return_attn)
     )
@@ -645,8 +632,7 @@ def gru_cell(x: Tensor, h: Tensor, cell: torch.nn.GRUCell) -> Tensor:
     The two input/hidden GEMMs run through ``torch.nn.functional.linear`` (cuBLAS); autograd
     reaches the cell's weights and biases through them.
     """
-    check_tensor("x", x, ndim=2, floating=True)
-    check_tensor("h", h, shape=(x.shape[0], cell.hidden_size), floating=True, device=x.device)
+    check_gru_args(x, h, cell.weight_ih, cell.weight_hh)
     return _gru_cell(x, h, cell)
 
 
@@ -693,6 +679,7 @@ def layer_norm(
             check_tensor(name, p, shape=(D,), floating=True, device=x.device)
     if weight is not None and bias is not None and weight.dtype != bias.dtype:
         raise ValueError(f"weight and bias must share one dtype, got {weight.dtype} and {bias.dtype}")
+    check_number("eps", eps, minimum=0.0)
     out_dtype = x.dtype if out_dtype is None else out_dtype
     if out_dtype not in SUPPORTED_DTYPES:
         raise ValueError(f"out_dtype must be one of float32, float16, bfloat16, got {out_dtype}")

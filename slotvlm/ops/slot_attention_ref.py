@@ -16,6 +16,8 @@ from __future__ import annotations
 
 import torch
 
+from .._checks import check_gru_args, check_step_args, check_tensor
+
 # Denominator floor of the weighted mean. The slot-attention package uses F.normalize, whose floor
 # is 1e-12; we use the same so numbers match. It only matters for an all-padding row, whose
 # updates are then exactly zero instead of NaN.
@@ -42,14 +44,17 @@ def slot_attention_step_ref(
     by the sum over inputs; ``updates = attn·v``.
 
     Args:
-        q: ``[B, K, H, Dh]``. k, v: ``[B, N, H, Dh]``. mask: ``[B, N]`` bool or None.
+        q: ``[B, K, H, Dh]``. k: ``[B, N, H, Dh]``. v: ``[B, N, H, Dv]``. mask: ``[B, N]`` bool or None.
         scale: multiplies the logits (usually ``Dh ** -0.5``).
         eps: added to the attention after the softmax.
         return_attn: also return the softmax-over-slots attention ``[B, H, K, N]``.
 
     Returns:
-        ``(updates [B, K, H, Dh], attn [B, H, K, N] or None)``; updates in q's dtype.
+        ``(updates [B, K, H, Dv], attn [B, H, K, N] or None)``; updates in q's dtype.
     """
+    check_step_args(q, k, v, varlen=False, scale=scale, eps=eps, any_value_width=True)
+    if mask is not None:
+        check_tensor("mask", mask, shape=(q.shape[0], k.shape[1]), dtype=torch.bool, device=q.device)
     acc = _acc_dtype(q.dtype)
     logits = torch.einsum("bkhd,bnhd->bhkn", q, k).to(acc) * scale
     attn = logits.softmax(dim=2)  # over slots
@@ -75,6 +80,7 @@ def gru_cell_ref(
 
     x ``[M, D_in]``, h ``[M, D]``, weight_ih ``[3D, D_in]``, weight_hh ``[3D, D]`` → ``[M, D]``.
     """
+    check_gru_args(x, h, weight_ih, weight_hh)
     gi = torch.nn.functional.linear(x, weight_ih, bias_ih)
     gh = torch.nn.functional.linear(h, weight_hh, bias_hh)
     i_r, i_z, i_n = gi.chunk(3, dim=-1)
