@@ -276,11 +276,9 @@ class SlotAttention(nn.Module):
         v = self.to_v(x).unflatten(-1, (h, dh))
         if cu_seqlens is None:
             return lambda q, want_attn: step(q, k, v, mask, return_attn=want_attn, **kw)
-        from ..ops.fused import slot_attention_step_varlen  # noqa: PLC0415
+        from ..ops.fused import _step_varlen  # noqa: PLC0415  (cu_seqlens was checked by forward_varlen)
 
-        return lambda q, want_attn: slot_attention_step_varlen(
-            q, k, v, cu_seqlens, max_seqlen, return_attn=want_attn, **kw
-        )
+        return lambda q, want_attn: _step_varlen(q, k, v, cu_seqlens, max_seqlen, return_attn=want_attn, **kw)
 
     def _run_iterations(self, iterate, slots, return_attn):
         """``iters`` calls of ``iterate(slots, want_attn) -> (slots, attn)``; with implicit_grad all

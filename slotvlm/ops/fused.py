@@ -519,6 +519,12 @@ def slot_attention_step_varlen(
     check_step_args(q, k, v, varlen=True, scale=scale, eps=eps)
     cu_seqlens, _, max_seqlen = check_cu_seqlens(cu_seqlens, k.shape[0], num_seqs=q.shape[0], device=q.device,
                                                  max_seqlen=max_seqlen)
+    return _step_varlen(q, k, v, cu_seqlens, max_seqlen, scale=scale, eps=eps, return_attn=return_attn)
+
+
+def _step_varlen(q, k, v, cu_seqlens, max_seqlen: int, *, scale: float, eps: float, return_attn: bool):
+    """:func:`slot_attention_step_varlen` without the checks (``SlotAttention.forward_varlen`` checks
+    once per call, not once per iteration: reading cu_seqlens is a host sync)."""
     out, _, attn = _slot_attn_fwd(
         q, k, v, None, cu_seqlens, None, int(max_seqlen), float(scale), float(eps), bool(return_attn)
     )
