@@ -8,6 +8,12 @@ Slot-VLM, Video-ChatGPT and the LLaVA-style checkpoints (whose tokenizers carry 
 
 ``"vicuna_v1"`` forces Vicuna v1, ``"tokenizer"`` requires the tokenizer's template.
 
+**System prompt.** ``prompt(..., system=...)`` replaces the template's default system prompt
+(Vicuna v1's fixed sentence; none for a tokenizer template) for that conversation. A tokenizer
+template receives it as a ``{"role": "system"}`` message; if the template refuses a system role
+(some do, e.g. by raising "System role not supported"), the documented fallback puts the system
+text, then a blank line, before the first user message.
+
 ``VIDEO_TOKEN`` marks where the video embeddings go; it is never tokenised, the model splits the
 prompt text on it and inserts the ``[L, H]`` video embeddings there.
 """
@@ -34,15 +40,15 @@ class Conversation:
     sep2: str = "</s>"
     includes_bos: bool = False  # the BOS token is added by the model, not written in the text
 
-    def prompt(self, question: str, history: list[tuple[str, str]] | None = None) -> str:
+    def prompt(self, question: str, history: list[tuple[str, str]] | None = None, system: str | None = None) -> str:
         """The text before the answer: earlier turns (``[(question, answer)]``) then ``question``.
 
         The video placeholder is put at the start of the first user turn unless a question
-        already contains ``VIDEO_TOKEN``.
+        already contains ``VIDEO_TOKEN``. ``system`` replaces the default system prompt.
         """
         turns = list(history or []) + [(question, None)]
         has_video = any(VIDEO_TOKEN in q for q, _ in turns)
-        text = self.system + self.sep
+        text = (self.system if system is None else system) + self.sep
         for i, (q, a) in enumerate(turns):
             if i == 0 and not has_video:
                 q = f"{VIDEO_TOKEN}\n{q}"
@@ -70,17 +76,25 @@ class ChatTemplate:
     def _render(self, messages) -> str:
         return self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
 
-    def prompt(self, question: str, history: list[tuple[str, str]] | None = None) -> str:
+    def prompt(self, question: str, history: list[tuple[str, str]] | None = None, system: str | None = None) -> str:
         turns = list(history or []) + [(question, None)]
         has_video = any(VIDEO_TOKEN in q for q, _ in turns)
-        messages = [{"role": "system", "content": self.system}] if self.system else []
+        system = self.system if system is None else system
+        messages = []
         for i, (q, a) in enumerate(turns):
             if i == 0 and not has_video:
                 q = f"{VIDEO_TOKEN}\n{q}"
             messages.append({"role": "user", "content": q})
             if a is not None:
                 messages.append({"role": "assistant", "content": a})
-        return self._render(messages)
+        if not system:
+            return self._render(messages)
+        try:
+            return self._render([{"role": "system", "content": system}, *messages])
+        except Exception:  # noqa: BLE001  (jinja's TemplateError, or whatever the template raises)
+            # the template takes no system role: the documented fallback (module docstring)
+            first = {**messages[0], "content": f"{system}\n\n{messages[0]['content']}"}
+            return self._render([first, *messages[1:]])
 
 
 TEMPLATES = {"vicuna_v1": Conversation("vicuna_v1", VICUNA_V1_SYSTEM)}

@@ -361,6 +361,19 @@ def test_chat_prints_answer(model, model_dir, clip_path, capsys):
     assert printed == expected and printed
 
 
+@pytest.mark.parametrize("stream", [True, False])
+def test_chat_system_prompt(model, model_dir, clip_path, capsys, stream):
+    """``slotvlm chat --system`` answers with that system prompt: what generate(system=...) gives."""
+    q, system = "What is happening in the video?", "Reply like a pirate."
+    assert main(["chat", "--model", model_dir, "--video", clip_path, "--question", q, "--max-new-tokens", "6",
+                 "--system", system, *([] if stream else ["--no-stream"])]) == 0
+    emb = model.encode_video([model.load_video(clip_path)])
+    want = model.generate(emb, [q], max_new_tokens=6, system=system)[0]
+    assert capsys.readouterr().out.strip() == want
+    assert model.build_inputs(emb, [q], system=system)["inputs_embeds"].shape != \
+        model.build_inputs(emb, [q])["inputs_embeds"].shape  # the system prompt reached the prompt
+
+
 def test_chat_interactive_keeps_history(model, model_dir, clip_path, capsys, monkeypatch):
     q1, q2 = "What color is the square?", "How many objects?"
     monkeypatch.setattr("sys.stdin", io.StringIO(f"{q1}\n{q2}\n"))
@@ -451,3 +464,29 @@ def test_vicuna_v1_template():
     with pytest.raises(ValueError, match="conv_template"):
         get_template("llama2")
 
+
+
+def test_system_prompt_through_both_templates():
+    """``system=`` replaces Vicuna v1's fixed sentence; a tokenizer template gets it as a system
+    message (jinja's own rendering, checked against apply_chat_template); a template that refuses
+    the system role gets the documented fallback (system text, blank line, first user message)."""
+    from slotvlm.conversation import VICUNA_V1_SYSTEM, get_template
+    from slotvlm.testing import TINY_CHAT_TEMPLATE, make_tiny_tokenizer
+
+    conv = get_template("vicuna_v1")
+    assert conv.prompt("Why?", system="Be brief.") == "Be brief. USER: <video>\nWhy? ASSISTANT:"
+    assert VICUNA_V1_SYSTEM not in conv.prompt("Why?", system="Be brief.")
+
+    tok = make_tiny_tokenizer(chat_template=TINY_CHAT_TEMPLATE)
+    tpl = get_template("auto", tok)
+    want = tok.apply_chat_template([{"role": "system", "content": "Be brief."},
+                                    {"role": "user", "content": "<video>\nWhy?"}], tokenize=False,
+                                   add_generation_prompt=True)
+    assert tpl.prompt("Why?", system="Be brief.") == want and "<|system|>\nBe brief." in want
+    assert "<|system|>" not in tpl.prompt("Why?")
+
+    strict = ("{% for m in messages %}{% if m['role'] == 'system' %}{{ raise_exception('System role not supported') }}"
+              "{% endif %}[{{ m['role'] }}] {{ m['content'] }}\n{% endfor %}[assistant]")
+    tpl = get_template("tokenizer", make_tiny_tokenizer(chat_template=strict))
+    assert tpl.prompt("Why?", history=[("What?", "A cat.")], system="Be brief.") == (
+        "[user] Be brief.\n\n<video>\nWhat?\n[assistant] A cat.\n[user] Why?\n[assistant]")

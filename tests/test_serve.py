@@ -127,16 +127,18 @@ def ref(files):
     model = SlotVLM.from_pretrained(files["model"], device="cpu").eval()
     embeds = {k: model.encode_video([model.load_video(p)]) for k, p in files["clips"].items()}
 
-    def answer(clip, question, history=None, max_new_tokens=16, seed=None, **sample):
+    def answer(clip, question, history=None, max_new_tokens=16, seed=None, system=None, **sample):
         if seed is not None:
             torch.manual_seed(seed)
         return model.generate(embeds[clip], [question], max_new_tokens=max_new_tokens, history=[history or []],
-                              do_sample=bool(sample), **({"top_k": 0, **sample} if sample else {}))[0]
+                              system=system, do_sample=bool(sample), **({"top_k": 0, **sample} if sample else {}))[0]
 
-    def prompt_tokens(clip, question, history=None):
-        return int(model.build_inputs(embeds[clip], [question], history=[history or []])["attention_mask"].sum())
+    def prompt_tokens(clip, question, history=None, system=None):
+        return int(model.build_inputs(embeds[clip], [question], history=[history or []],
+                                      system=system)["attention_mask"].sum())
 
     answer.prompt_tokens = prompt_tokens
+    answer.model = model
     return answer
 
 
@@ -161,6 +163,26 @@ def test_non_streamed_equals_generate(client, files, ref):
     r2 = client.chat.completions.create(model="model", messages=[user(url, Q1)], max_tokens=16, temperature=0.8,
                                         top_p=0.9, seed=99)
     assert r2.choices[0].message.content == ref("a", Q1, seed=99, temperature=0.8, top_p=0.9)
+
+
+def test_system_message_reaches_the_model(client, files, ref):
+    """A leading system message (the openai SDK's usual first message) gives 200, goes through the
+    tokenizer's chat template as a system turn — its tokens are in the prompt (usage counts them) —
+    and the answer is SlotVLM.generate's with the same system prompt."""
+    url = data_url(files["clips"]["a"])
+    system = "You are a terse assistant. Answer in one word about colours and shapes."
+    tpl = ref.model.conversation  # this tiny model's tokenizer has no chat template: Vicuna v1
+    rendered, default = tpl.prompt(f"<video>\n{Q1}", system=system), tpl.prompt(f"<video>\n{Q1}")
+    assert rendered.startswith(system + " USER: <video>") and system not in default  # replaces the default
+    added = ref.prompt_tokens("a", Q1, system=system) - ref.prompt_tokens("a", Q1)
+    assert added != 0
+    for role in ("system", "developer"):
+        r = client.chat.completions.create(model="model", max_tokens=16, temperature=0,
+                                           messages=[{"role": role, "content": system}, user(url, Q1)])
+        assert r.usage.prompt_tokens == ref.prompt_tokens("a", Q1, system=system)
+        assert r.choices[0].message.content == ref("a", Q1, system=system)
+    plain = client.chat.completions.create(model="model", max_tokens=16, temperature=0, messages=[user(url, Q1)])
+    assert plain.usage.prompt_tokens == r.usage.prompt_tokens - added
 
 
 def test_streamed_equals_generate(client, files, ref):
@@ -255,8 +277,11 @@ BAD = [
     pytest.param({"messages": [{"role": "user", "content": "no video here"}]}, 400, "missing_video", id="no-video"),
     pytest.param({"messages": [{"role": "user", "content": [{"type": "image_url", "image_url": {"url": "x"}}]}]},
                  400, "invalid_request", id="image-part"),
-    pytest.param({"messages": [{"role": "system", "content": "be brief"}, "VIDEO"]}, 400, "unsupported_role",
-                 id="system"),
+    pytest.param({"messages": ["VIDEO", {"role": "assistant", "content": "ok"},
+                               {"role": "system", "content": "be brief"}, "VIDEO-TEXT"]}, 400, "invalid_messages",
+                 id="system-after-user"),
+    pytest.param({"messages": [{"role": "system", "content": [{"type": "video_url", "video_url": {"url": "x"}}]},
+                               "VIDEO"]}, 400, "invalid_messages", id="video-in-system"),
     pytest.param({"messages": ["DATA:not base64!!"]}, 400, "invalid_video", id="bad-base64"),
     pytest.param({"messages": ["DATA:" + base64.b64encode(b"GIF89a this is not a video" * 40).decode()]}, 400,
                  "invalid_video", id="not-a-video"),
@@ -277,6 +302,8 @@ def test_bad_payload_then_next_request_succeeds(server, client, files, payload, 
         for m in payload["messages"]:
             if m == "VIDEO":
                 m = user(url, Q1)
+            elif m == "VIDEO-TEXT":
+                m = {"role": "user", "content": Q2}
             elif isinstance(m, str) and m.startswith("DATA:"):
                 m = user("data:video/mp4;base64," + m[5:], Q1)
             msgs.append(m)

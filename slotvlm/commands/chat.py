@@ -25,6 +25,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--max-frames", type=positive_int, default=None, help="frame cap (default: the model's max_frames)")
     parser.add_argument("--sample", action="store_true", help="sample instead of greedy decoding")
     parser.add_argument("--no-stream", action="store_true", help="print each answer only when it is complete")
+    parser.add_argument("--system", default=None, metavar="TEXT",
+                        help="system prompt of the conversation, in place of the template's default (Vicuna v1's "
+                        "fixed sentence, or none for a tokenizer template); goes through the tokenizer's chat "
+                        "template as a system message when it has one")
     add_device_args(parser)
 
 
@@ -39,13 +43,13 @@ def run(args: argparse.Namespace) -> int:
     def ask(q: str, history: list[tuple[str, str]], prefix: str = "") -> str:
         if args.no_stream:
             a = model.generate(embeds, [q], max_new_tokens=args.max_new_tokens, do_sample=args.sample,
-                               history=[history])[0]
+                               history=[history], system=args.system)[0]
             print(prefix + a, flush=True)
             return a
         sys.stdout.write(prefix)
         pieces = []
         for piece in model.stream(embeds, q, max_new_tokens=args.max_new_tokens, do_sample=args.sample,
-                                  history=history):
+                                  history=history, system=args.system):
             if not pieces:
                 piece = piece.lstrip()
             pieces.append(piece)

@@ -436,7 +436,7 @@ class SlotVLM(PreTrainedModel):
         return self.tokenizer(text, add_special_tokens=False).input_ids
 
     def build_inputs(self, video_embeds: torch.Tensor, questions: Sequence[str],
-                     answers: Sequence[str] | None = None, *, history=None) -> dict:
+                     answers: Sequence[str] | None = None, *, history=None, system=None) -> dict:
         """Embed the prompts with the video embeddings in place of ``<video>``.
 
         Args:
@@ -445,6 +445,8 @@ class SlotVLM(PreTrainedModel):
             answers: B answers for training (each followed by EOS), or None for generation.
             history: None, or per video a list of earlier ``(question, answer)`` turns (multi-turn
                 chat); the video goes into the first turn.
+            system: None (the template's default system prompt), one string for every row, or a
+                list of B strings / Nones: the system prompt of each conversation.
 
         Returns:
             dict with ``inputs_embeds [B, S, H]``, ``attention_mask [B, S]`` and, with answers,
@@ -459,6 +461,10 @@ class SlotVLM(PreTrainedModel):
             raise ValueError(f"answers must be None or a list of {b} strings, got {answers!r}")
         if history is not None and len(history) != b:
             raise ValueError(f"history must be None or a list of {b} turn lists, got {history!r}")
+        if system is None or isinstance(system, str):
+            system = [system] * b
+        elif len(system) != b or not all(s is None or isinstance(s, str) for s in system):
+            raise ValueError(f"system must be None, a string or a list of {b} strings/Nones, got {system!r}")
         tok = self.tokenizer
         embed = self.llm.get_input_embeddings()
         dev, dtype = embed.weight.device, embed.weight.dtype
@@ -466,7 +472,7 @@ class SlotVLM(PreTrainedModel):
         bos = [tok.bos_token_id] if tok.bos_token_id is not None and not self.conversation.includes_bos else []
         seqs, labels = [], []
         for i, q in enumerate(questions):
-            prompt = self.conversation.prompt(q, history[i] if history is not None else None)
+            prompt = self.conversation.prompt(q, history[i] if history is not None else None, system=system[i])
             if prompt.count(VIDEO_TOKEN) != 1:
                 raise ValueError(f"questions[{i}] must contain {VIDEO_TOKEN!r} at most once, got {q!r}")
             before, after = prompt.split(VIDEO_TOKEN)
@@ -519,10 +525,11 @@ class SlotVLM(PreTrainedModel):
 
     @torch.no_grad()
     def generate(self, video_embeds: torch.Tensor, questions: Sequence[str], max_new_tokens: int = 64,
-                 do_sample: bool = False, *, history=None, **gen_kwargs) -> list[str]:
+                 do_sample: bool = False, *, history=None, system=None, **gen_kwargs) -> list[str]:
         """Answers for a batch: ``video_embeds [B, L, H]`` + B questions → B strings (greedy by
-        default). ``history``: as in :meth:`build_inputs`; other keywords go to the LLM's generate."""
-        inputs = self.build_inputs(video_embeds, questions, history=history)
+        default). ``history``, ``system``: as in :meth:`build_inputs`; other keywords go to the LLM's
+        generate."""
+        inputs = self.build_inputs(video_embeds, questions, history=history, system=system)
         tok = self.tokenizer
         kwargs = dict(max_new_tokens=max_new_tokens, do_sample=do_sample, pad_token_id=tok.pad_token_id,
                       eos_token_id=tok.eos_token_id)
@@ -533,10 +540,11 @@ class SlotVLM(PreTrainedModel):
         return [t.strip() for t in tok.batch_decode(out, skip_special_tokens=True)]
 
     def stream(self, video_embeds: torch.Tensor, question: str, max_new_tokens: int = 64, do_sample: bool = False,
-               *, history=None, **gen_kwargs):
+               *, history=None, system: str | None = None, **gen_kwargs):
         """Like :meth:`generate` for one video and one question, but yields the answer's text in pieces
         as the LLM produces them (``transformers.TextIteratorStreamer``; generation runs in a thread).
-        ``video_embeds [1, L, H]``; ``history``: earlier ``(question, answer)`` turns of this video.
+        ``video_embeds [1, L, H]``; ``history``: earlier ``(question, answer)`` turns of this video;
+        ``system``: the system prompt (None: the template's default).
         The pieces joined and stripped equal ``generate(...)[0]``; each piece but the last holds
         non-blank text."""
         import threading  # noqa: PLC0415
@@ -544,7 +552,7 @@ class SlotVLM(PreTrainedModel):
         from transformers import TextIteratorStreamer  # noqa: PLC0415
 
         check_tensor("video_embeds", video_embeds, shape=(1, None, None), floating=True)
-        inputs = self.build_inputs(video_embeds, [question], history=[list(history or [])])
+        inputs = self.build_inputs(video_embeds, [question], history=[list(history or [])], system=system)
         tok = self.tokenizer
         streamer = TextIteratorStreamer(tok, skip_prompt=True, skip_special_tokens=True)
         kwargs = dict(max_new_tokens=max_new_tokens, do_sample=do_sample, pad_token_id=tok.pad_token_id,

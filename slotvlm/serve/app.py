@@ -121,19 +121,38 @@ def parse_request(body: bytes) -> ChatRequest:
         raise ApiError(400, f"{loc or 'body'}: {first['msg']}", "invalid_request") from None
 
 
-def parse_messages(messages: list[Message]) -> tuple[str, list[tuple[str, str]], str]:
-    """OpenAI messages → (question, earlier ``(question, answer)`` turns, video URL).
+def _system_text(i: int, m: Message) -> str:
+    if m.content is None or isinstance(m.content, str):
+        return m.content or ""
+    for j, part in enumerate(m.content):
+        if not isinstance(part, TextPart):
+            raise ApiError(400, f"messages[{i}].content[{j}]: {m.role} messages hold text only", "invalid_messages")
+    return "\n".join(p.text for p in m.content if p.text)
 
-    The turn that holds the video gets ``<video>\\n`` before its text (for the first turn exactly
-    the prompt ``SlotVLM.generate`` builds)."""
+
+def parse_messages(messages: list[Message]) -> tuple[str, list[tuple[str, str]], str, str | None]:
+    """OpenAI messages → (question, earlier ``(question, answer)`` turns, video URL, system prompt).
+
+    Leading ``system`` / ``developer`` messages (joined by a blank line) become the conversation's
+    system prompt, in place of the template's default (None when there is none); after the first
+    user message they are a 400. The turn that holds the video gets ``<video>\\n`` before its text
+    (for the first turn exactly the prompt ``SlotVLM.generate`` builds)."""
+    systems: list[str] = []
+    while messages and messages[0].role in ("system", "developer"):
+        systems.append(_system_text(len(systems), messages[0]))
+        messages = messages[1:]
+    offset = len(systems)
+    if not messages:
+        raise ApiError(400, "messages hold no user message", "invalid_messages")
+    system = "\n\n".join(s for s in systems if s) if systems else None
     turns: list[str] = []
     answers: list[str] = []
     video_url, video_turn = None, None
-    for i, m in enumerate(messages):
+    for i, m in enumerate(messages, start=offset):
         if m.role in ("system", "developer"):
-            raise ApiError(400, f"messages[{i}]: {m.role} messages are not supported: the model's chat template "
-                           "has a fixed system prompt", "unsupported_role")
-        expected = "user" if i % 2 == 0 else "assistant"
+            raise ApiError(400, f"messages[{i}]: {m.role} messages must come before the first user message",
+                           "invalid_messages")
+        expected = "user" if (i - offset) % 2 == 0 else "assistant"
         if m.role != expected:
             raise ApiError(400, f"messages[{i}].role must be {expected!r} (messages alternate user/assistant, "
                            f"starting with user), got {m.role!r}", "invalid_messages")
@@ -163,9 +182,12 @@ def parse_messages(messages: list[Message]) -> tuple[str, list[tuple[str, str]],
         raise ApiError(400, "no video: one user message must hold a {\"type\": \"video_url\", \"video_url\": "
                        "{\"url\": ...}} content part", "missing_video")
     if not turns[-1].strip():
-        raise ApiError(400, f"messages[{len(messages) - 1}]: the last user message has no text", "invalid_messages")
+        raise ApiError(400, f"messages[{offset + len(messages) - 1}]: the last user message has no text",
+                       "invalid_messages")
+    if system is not None and VIDEO_TOKEN in system:
+        raise ApiError(400, f"messages[0]: text must not contain the reserved marker {VIDEO_TOKEN!r}", "invalid_messages")
     turns[video_turn] = f"{VIDEO_TOKEN}\n{turns[video_turn]}"
-    return turns[-1], list(zip(turns[:-1], answers)), video_url
+    return turns[-1], list(zip(turns[:-1], answers)), video_url, system
 
 
 # ------------------------------------------------------------------------------ ASGI guard
@@ -304,7 +326,7 @@ def create_app(model, config: ServeConfig | None = None, *, max_batch: int = 8, 
                            f"{config.served_model_name!r}", "model_not_found")
         if req.n != 1:
             raise ApiError(400, f"n must be 1, got {req.n}", "invalid_request")
-        question, history, url = parse_messages(req.messages)
+        question, history, url, system = parse_messages(req.messages)
         max_tokens = req.max_completion_tokens or req.max_tokens or config.default_max_tokens
         if max_tokens > config.max_tokens_limit:
             raise ApiError(400, f"max_tokens must be at most {config.max_tokens_limit}, got {max_tokens}",
@@ -333,7 +355,7 @@ def create_app(model, config: ServeConfig | None = None, *, max_batch: int = 8, 
             job = Job(video, question, history, max_tokens, req.temperature, req.top_p, req.seed, stop,
                       on_text=(lambda d: put("text", d)) if req.stream else (lambda d: None),
                       on_done=lambda r: put("done", r),
-                      on_error=lambda e: put("error", e), t_start=t0)
+                      on_error=lambda e: put("error", e), t_start=t0, system=system)
             engine.submit(job)
             submitted = True
         finally:

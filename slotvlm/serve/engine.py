@@ -138,6 +138,7 @@ class Job:
     on_error: Callable[[BaseException], None]
     cancel: threading.Event = field(default_factory=threading.Event)
     t_start: float = field(default_factory=time.perf_counter)
+    system: str | None = None
     t_first: float | None = None
 
 
@@ -347,7 +348,8 @@ class Engine:
             return cb
 
         reqs = [GenRequest(job.video.tokens, job.question, job.history, job.max_tokens, job.temperature,
-                           job.top_p, job.seed, job.stop, on_text=text_cb(job), cancelled=job.cancel.is_set)
+                           job.top_p, job.seed, job.stop, on_text=text_cb(job), cancelled=job.cancel.is_set,
+                           system=job.system)
                 for job in jobs]
         results = decode(self.model, reqs)
         for job, res in zip(jobs, results):

@@ -42,6 +42,7 @@ class GenRequest:
     stop: Sequence[str] = ()
     on_text: Callable[[str], None] | None = None
     cancelled: Callable[[], bool] | None = None
+    system: str | None = None  # the conversation's system prompt (None: the template's default)
 
 
 @dataclass
@@ -129,7 +130,8 @@ def decode(model, requests: Sequence[GenRequest]) -> list[GenResult]:
         return []
     llm, tok = model.llm, model.tokenizer
     embeds = torch.stack([r.video_embeds for r in requests], 0)  # [B, L, H]
-    inputs = model.build_inputs(embeds, [r.question for r in requests], history=[list(r.history) for r in requests])
+    inputs = model.build_inputs(embeds, [r.question for r in requests], history=[list(r.history) for r in requests],
+                                system=[r.system for r in requests])
     mask = inputs["attention_mask"]  # [B, S], left padded
     dev = mask.device
     prompt_lens = mask.sum(1).tolist()
