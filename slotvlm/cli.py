@@ -10,10 +10,15 @@ Modules are imported only when their subcommand runs (``--help`` stays fast).
 
 Exit status of every subcommand:
 
-* ``0`` — done;
-* ``1`` — it ran, but some items failed (``predict``: questions; ``extract``: videos; ``judge``:
-  questions that could not reach the judge); they are listed in the run's failure file and a rerun
-  of the same command retries only them;
+* ``0`` — done: every item was done;
+* ``3`` (:data:`EXIT_FAILURES`) — it finished, but some items were not done (``predict``:
+  questions; ``extract``: videos; ``judge``: questions whose judge reply could not be parsed or
+  never arrived; ``eval-slots``: videos that could not be read). The totals line counts each kind;
+  they are listed in the run's output (failure file, ``failed_ids``) and a rerun of the same
+  command retries exactly them (``eval-slots`` keeps no cache: it scores every video again).
+  Not 1: Python itself exits 1 on an uncaught exception, so 1 cannot mean "finished". Under
+  ``torchrun`` the launcher's own status is 1 whenever a rank exits non-zero; its report names
+  the rank's code (``exitcode : 3``);
 * ``2`` — it could not run: bad arguments (rejected by the parser, negative numbers included),
   bad input files (wrong format, not UTF-8, nested too deeply, numbers too long), a missing or
   mistyped model path, an ``OSError`` (disk full, permission denied), an unreachable judge. One
@@ -26,6 +31,9 @@ import importlib
 import importlib.util
 import os
 import sys
+
+#: exit status of a job that finished with some items not done (see the module docstring)
+EXIT_FAILURES = 3
 
 # In the order `slotvlm --help` lists them.
 COMMANDS = ["init", "chat", "visualize", "synth", "extract", "train", "predict", "judge", "serve", "demo", "discover", "eval-slots"]

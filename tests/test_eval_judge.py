@@ -184,12 +184,12 @@ def test_malformed_replies_retried_then_failed(tmp_path):
     judged = [r for r in rows if r["question"] != always_bad]
     yes, no, _ = expected_counts(judged)
     assert (res["yes"], res["no"]) == (yes, no)
-    # a rerun does not ask the malformed one again unless told to
+    # a rerun asks exactly the one not judged (retry_failed=False: only unreachable ones, none here)
     with JudgeServer() as server2:
-        run_judge(rows, tmp_path, judge_for(server2), progress=False)
+        run_judge(rows, tmp_path, judge_for(server2), retry_failed=False, progress=False)
         assert server2.requests == []
-        res2 = run_judge(rows, tmp_path, judge_for(server2), retry_failed=True, progress=False)
-    assert server2.asked() == [always_bad] and res2["failed"] == 0
+        res2 = run_judge(rows, tmp_path, judge_for(server2), progress=False)
+    assert server2.asked() == [always_bad] and res2["failed"] == 0 and res2["asked"] == 1
 
 
 def test_timeouts_and_5xx_are_retried_with_bounds(tmp_path):
@@ -288,6 +288,32 @@ def test_resume_after_server_dies_via_cli(tmp_path, capsys):
     yes, no, mean = expected_counts(rows)
     assert (res["yes"], res["no"], res["failed"]) == (yes, no, 0)
     assert res["score"] == pytest.approx(mean) and res["judge_model"] == MODEL
+
+
+def test_cli_exits_3_on_unjudged_questions_and_rerun_asks_only_those(tmp_path, capsys):
+    """The Done-when of issue 27: a judge endpoint that answers some questions with garbage makes
+    `slotvlm judge` exit 3 (finished with failures), the totals line counts them, and the rerun
+    (endpoint fixed) asks exactly those and exits 0."""
+    rows = make_preds(6)
+    preds = write_preds(tmp_path / "preds.jsonl", rows)
+    garbage = {rows[1]["question"], rows[4]["question"]}
+    args = ["judge", "--preds", str(preds), "--out", str(tmp_path / "j"), "--judge-model", MODEL,
+            "--max-retries", "1", "--backoff", "0.01", "--no-progress"]
+    with JudgeServer(lambda q, n: Action(reply="I'd say it is fine?!") if q in garbage else None) as server:
+        assert cli_main(args + ["--base-url", server.url]) == 3
+    out = capsys.readouterr()
+    yes, no, _ = expected_counts([r for r in rows if r["question"] not in garbage])
+    assert f"judged 4 of 6: yes {yes}  no {no}  failed 2 (unparsable reply 2, no reply 0)  asked this run 6" in out.out
+    assert "2 question(s) not judged" in out.err
+    res = json.loads((tmp_path / "j" / "results.json").read_text())
+    assert sorted(res["failed_ids"]) == ["q1", "q4"] and res["failed_malformed"] == 2
+    with JudgeServer() as fixed:
+        assert cli_main(args + ["--base-url", fixed.url]) == 0
+    assert sorted(fixed.asked()) == sorted(garbage)
+    assert "failed 0 (unparsable reply 0, no reply 0)  asked this run 2" in capsys.readouterr().out
+    yes, no, _ = expected_counts(rows)
+    res = json.loads((tmp_path / "j" / "results.json").read_text())
+    assert (res["yes"], res["no"], res["failed"], res["failed_ids"]) == (yes, no, 0, [])
 
 
 def test_cache_rules(tmp_path):

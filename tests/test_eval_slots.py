@@ -61,6 +61,29 @@ def test_eval_slots_cli_on_tiny_model(tmp_path, data, capsys):
     assert "meta.json" in capsys.readouterr().err
 
 
+def test_eval_slots_skips_unreadable_videos_and_exits_3(tmp_path, data, capsys):
+    """A missing and a corrupt video are recorded and skipped, the others scored as without them;
+    the run exits 3 (finished with failures)."""
+    import shutil
+
+    from slotvlm.cli import main
+    from slotvlm.testing import make_tiny_slotvlm
+
+    model = make_tiny_slotvlm(tmp_path)
+    broken = tmp_path / "broken"
+    shutil.copytree(data, broken)
+    ids = [d["video_id"] for d in json.loads((data / "meta.json").read_text())["scenes"]]
+    (broken / "videos" / f"{ids[1]}.mp4").unlink()
+    (broken / "videos" / f"{ids[3]}.mp4").write_bytes(b"not a video at all" * 50)
+    assert main(["eval-slots", "--model", model, "--data", str(broken), "--split", "all", "--no-progress"]) == 3
+    out = capsys.readouterr()
+    res = json.loads(out.out)
+    assert res["videos"] == 3 and res["failed"] == 2
+    assert [f["video_id"] for f in res["failed_videos"]] == [ids[1], ids[3]]
+    assert "missing" in res["failed_videos"][0]["error"] and "2 of 5 video(s)" in out.err
+    assert res["object_frames"] == 3 * 8
+
+
 def test_eval_slots_scores_oracle_masks_perfectly(tmp_path, data, monkeypatch):
     """With the object branch's attention replaced by the ground truth itself, FG-ARI and mBO are 1:
     the frame times, indices and mask alignment are right."""

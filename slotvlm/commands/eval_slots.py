@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 
 HELP = "measure object/event slot segmentation (FG-ARI, mBO, event ARI) on `slotvlm synth` videos"
 
@@ -46,4 +47,10 @@ def run(args: argparse.Namespace) -> int:
         with open(args.out, "w", encoding="utf-8") as f:
             f.write(text + "\n")
     print(text)
+    if result["failed"]:
+        from ..cli import EXIT_FAILURES  # noqa: PLC0415
+
+        print(f"slotvlm eval-slots: {result['failed']} of {result['failed'] + result['videos']} video(s) could not be "
+              "read and were skipped (see failed_videos)", file=sys.stderr)
+        return EXIT_FAILURES
     return 0

@@ -44,6 +44,7 @@ def run(args: argparse.Namespace) -> int:
     import torch  # noqa: PLC0415
 
     from .. import distributed  # noqa: PLC0415
+    from ..cli import EXIT_FAILURES  # noqa: PLC0415
     from ..data.features import extract  # noqa: PLC0415
     from ..model.modeling import parse_dtype  # noqa: PLC0415
 
@@ -66,5 +67,5 @@ def run(args: argparse.Namespace) -> int:
         if rank == 0:
             print(f"{totals['failed']} video(s) failed, see {os.path.join(args.out, 'failures.jsonl')}; rerun the "
                   f"same command to retry them", file=sys.stderr)
-        return 1
+        return EXIT_FAILURES
     return 0

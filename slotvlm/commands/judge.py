@@ -52,8 +52,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    "included (default 60)")
     p.add_argument("--backoff", type=nonneg_float, default=1.0,
                    help="first retry delay in seconds, doubled per retry, capped at 30 (default 1)")
-    p.add_argument("--retry-failed", action="store_true",
-                   help="also re-ask questions whose earlier replies were malformed")
+    p.add_argument("--retry-failed", action=argparse.BooleanOptionalAction, default=True,
+                   help="re-ask the questions an earlier run of this --out did not judge: replies that could not "
+                   "be parsed and requests that never got a reply (default; --no-retry-failed re-asks only "
+                   "the unreachable ones)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
@@ -97,17 +99,22 @@ def run(args: argparse.Namespace) -> int:
         print(f"slotvlm judge: error: {e}; verdicts received so far are saved in {args.out}, rerun to continue",
               file=sys.stderr)
         return 2
+    from ..cli import EXIT_FAILURES  # noqa: PLC0415
+
     acc = "n/a" if res["accuracy"] is None else f"{100 * res['accuracy']:.1f}%"
     score = "n/a" if res["score"] is None else f"{res['score']:.2f}"
     print(
-        f"accuracy {acc}  score {score}  yes {res['yes']}  no {res['no']}  "
-        f"failed {res['failed']}  (judge {res['judge_model']}) -> {args.out}/results.json"
+        f"accuracy {acc}  score {score}  judged {res['yes'] + res['no']} of {res['total']}: yes {res['yes']}  "
+        f"no {res['no']}  failed {res['failed']} (unparsable reply {res['failed_malformed']}, no reply "
+        f"{res['failed_request']})  asked this run {res['asked']}  (judge {res['judge_model']}) -> "
+        f"{args.out}/results.json"
     )
-    if res["failed_request"]:
+    if res["failed"]:
         print(
-            f"{res['failed_request']} question(s) could not reach the judge; rerun the same "
-            f"command to ask only those",
+            f"{res['failed']} question(s) not judged ({res['failed_malformed']} unparsable, "
+            f"{res['failed_request']} unreachable; ids in results.json 'failed_ids'); rerun the same command "
+            f"to ask only those",
             file=sys.stderr,
         )
-        return 1
+        return EXIT_FAILURES
     return 0

@@ -40,6 +40,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from .. import distributed  # noqa: PLC0415
+    from ..cli import EXIT_FAILURES  # noqa: PLC0415
     from ..eval.predict import failures_path, run_predict  # noqa: PLC0415
 
     if args.videos is None and args.features is None:
@@ -62,5 +63,5 @@ def run(args: argparse.Namespace) -> int:
     if merged["failed"]:
         print(f"{merged['failed']} question(s) failed, see {failures_path(args.out)}; rerun the same "
               f"command to retry them", file=sys.stderr)
-        return 1
+        return EXIT_FAILURES
     return 0

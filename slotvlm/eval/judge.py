@@ -582,7 +582,7 @@ def run_judge(
     *,
     concurrency: int = 4,
     max_retries: int = 3,
-    retry_failed: bool = False,
+    retry_failed: bool = True,
     progress: bool = True,
 ) -> dict:
     """Judge every prediction, resuming from ``out_dir/verdicts.jsonl``, and write
@@ -590,7 +590,8 @@ def run_judge(
 
     Questions already in the cache (same judge model, same question/answer/prediction) are not
     asked again, except those that failed to reach the judge (``reason == "request"``) and, with
-    ``retry_failed``, those whose replies were malformed. A ``KeyboardInterrupt`` stops the run
+    ``retry_failed`` (the default), those whose replies could not be parsed: a rerun asks exactly
+    the questions an earlier run did not judge. ``results["asked"]`` counts this run's questions. A ``KeyboardInterrupt`` stops the run
     with every finished verdict saved.
     """
     from tqdm.auto import tqdm
@@ -660,6 +661,7 @@ def run_judge(
         backend=type(judge).__name__,
         endpoint=getattr(judge, "url", None),
         preds=source,
+        asked=len(pending),
     )
     _write_atomic(out / "results.json", json.dumps(res, indent=2, ensure_ascii=False) + "\n")
     _write_atomic(out / "results.md", results_markdown(res))

@@ -57,7 +57,11 @@ def evaluate_slots(model, data: str, *, split: str = "test", resolution: str = "
     connector) on the ``split`` videos of the synth folder ``data``. Returns a dict::
 
         videos, object_frames, object_fg_ari, object_ari, object_mbo, object_miou,
-        event_videos, event_ari, resolution, split
+        event_videos, event_ari, resolution, split, failed, failed_videos
+
+    A video that is missing or cannot be decoded is recorded in ``failed_videos``
+    (``[{"video_id", "error"}]``) and skipped; the others are still scored (``videos`` counts the
+    scored ones).
 
     (``object_*`` only with the object branch, ``event_*`` only with the event branch; NaN when
     nothing could be scored).
@@ -67,7 +71,7 @@ def evaluate_slots(model, data: str, *, split: str = "test", resolution: str = "
     from .. import metrics  # noqa: PLC0415
     from ..data.synth import event_times, render_masks  # noqa: PLC0415
     from ..model.slowfast import SlowFastSlots  # noqa: PLC0415
-    from ..video import load_video, preprocess  # noqa: PLC0415
+    from ..video import VideoError, load_video, preprocess  # noqa: PLC0415
 
     if resolution not in RESOLUTIONS:
         raise ValueError(f"resolution must be one of {RESOLUTIONS}, got {resolution!r}")
@@ -85,11 +89,17 @@ def evaluate_slots(model, data: str, *, split: str = "test", resolution: str = "
     model.eval()
     obj = {"fg_ari": [], "ari": [], "mbo": [], "miou": []}
     event = []
+    failed: list[dict] = []
+    info: dict = {}
     for scene in tqdm(scenes, desc="eval-slots", unit="video", disable=not progress):
         path = os.path.join(data, "videos", f"{scene.video_id}.mp4")
-        if not os.path.isfile(path):
-            raise FileNotFoundError(f"{path} is missing (meta.json lists {scene.video_id})")
-        frames, ts = load_video(path, fps=cfg.fps, max_frames=cfg.max_frames)
+        try:
+            if not os.path.isfile(path):
+                raise FileNotFoundError(f"{path} is missing (meta.json lists {scene.video_id})")
+            frames, ts = load_video(path, fps=cfg.fps, max_frames=cfg.max_frames)
+        except (OSError, VideoError) as exc:
+            failed.append({"video_id": scene.video_id, "error": str(exc)})
+            continue
         feats = model.vision_features(preprocess(frames, size=cfg.image_size))
         _, info = model.encode_features([feats], return_attn=True)
         ts = np.asarray(ts, dtype=np.float64)
@@ -116,7 +126,8 @@ def evaluate_slots(model, data: str, *, split: str = "test", resolution: str = "
             if len(np.unique(truth)) > 1:
                 event.append(float(metrics.adjusted_rand_index(torch.from_numpy(truth)[None], seg[None])[0]))
     model.train(was)
-    out = {"videos": len(scenes), "split": split, "resolution": resolution}
+    out = {"videos": len(scenes) - len(failed), "split": split, "resolution": resolution,
+           "failed": len(failed), "failed_videos": failed}
     if obj["fg_ari"]:
         vals = {k: torch.cat(v).numpy() for k, v in obj.items()}
         out["object_frames"] = int(np.isfinite(vals["fg_ari"]).sum())
