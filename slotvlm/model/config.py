@@ -216,11 +216,11 @@ class SlotVLMConfig(PreTrainedConfig):
             raise ValueError(f"unknown SlotVLMConfig fields: {unknown}")
         return cls(**{k: v for k, v in d.items() if k in known})
 
-    def save(self, directory: str) -> str:
-        """Write ``config.json`` into ``directory`` with local base-model paths made relative to it."""
+    def to_json_text(self, directory: str) -> str:
+        """The ``config.json`` text for a model folder ``directory`` (local base-model paths made
+        relative to it)."""
         from .. import __version__  # noqa: PLC0415
 
-        os.makedirs(directory, exist_ok=True)
         import transformers  # noqa: PLC0415
 
         d = self.slot_dict()
@@ -228,10 +228,16 @@ class SlotVLMConfig(PreTrainedConfig):
             d[k] = relative_reference(d.get(k), directory)
         d.update(model_type=self.model_type, architectures=["SlotVLM"], slotvlm_version=__version__,
                  transformers_version=transformers.__version__)
-        path = os.path.join(directory, CONFIG_NAME)
-        with open(path, "w", encoding="utf-8") as f:
-            f.write(json.dumps(dict(sorted(d.items())), indent=2) + "\n")
-        return path
+        return json.dumps(dict(sorted(d.items())), indent=2) + "\n"
+
+    def save(self, directory: str) -> str:
+        """Write ``config.json`` into ``directory`` with local base-model paths made relative to it
+        (crash-safe: :func:`slotvlm._atomic.commit_files`)."""
+        from .._atomic import commit_files, write_text  # noqa: PLC0415
+
+        text = self.to_json_text(directory)
+        commit_files(directory, {CONFIG_NAME: lambda p: write_text(p, text)})
+        return os.path.join(directory, CONFIG_NAME)
 
     def save_pretrained(self, save_directory, push_to_hub: bool = False, **kwargs):
         """transformers' name for :meth:`save` (``push_to_hub`` is :meth:`SlotVLM.push_to_hub`'s job)."""
@@ -242,9 +248,13 @@ class SlotVLMConfig(PreTrainedConfig):
     @classmethod
     def load(cls, directory: str) -> "SlotVLMConfig":
         """Read the config of a local model folder (``config.json``, or an older ``slotvlm_config.json``)
-        with relative base-model references resolved against the folder."""
+        with relative base-model references resolved against the folder. A save into the folder that
+        was interrupted is finished or discarded first (:func:`slotvlm._atomic.recover`)."""
+        from .._atomic import recover  # noqa: PLC0415
+
         directory = str(directory)
         if os.path.isdir(directory):
+            recover(directory)
             path = os.path.join(directory, CONFIG_NAME)
             if not os.path.isfile(path) and os.path.isfile(os.path.join(directory, LEGACY_CONFIG_NAME)):
                 path = os.path.join(directory, LEGACY_CONFIG_NAME)

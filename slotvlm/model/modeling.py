@@ -103,6 +103,9 @@ def resolve_model_folder(name, *, revision: str | None = None, cache_dir=None, t
             raise ValueError(f"subfolder={subfolder!r} does not exist in model={name!r}")
         name = os.path.join(name, sub)
     if os.path.isdir(name):
+        from .._atomic import recover  # noqa: PLC0415
+
+        recover(name)  # an interrupted save_pretrained is finished or discarded before anything is read
         if not any(os.path.isfile(os.path.join(name, n)) for n in (CONFIG_NAME, LEGACY_CONFIG_NAME)):
             raise ValueError(f"model={name!r} is not a Slot-VLM model directory (no {CONFIG_NAME})")
         return name
@@ -290,6 +293,8 @@ class SlotVLM(PreTrainedModel):
         """
         from safetensors.torch import save_file  # noqa: PLC0415
 
+        from .._atomic import commit_files, write_text  # noqa: PLC0415
+
         if push_to_hub:
             raise ValueError("use model.push_to_hub(repo_id) to upload")
         directory = os.fspath(save_directory)
@@ -297,11 +302,16 @@ class SlotVLM(PreTrainedModel):
         record = _training_record(directory)
         if record is not None and (not self.config.training or self.config.training[-1] != record):
             self.config.training = [*self.config.training, record]
-        self.config.save(directory)
+        config = self.config.to_json_text(directory)
         state = {k: v.detach().to("cpu").contiguous() for k, v in self.connector.state_dict().items()}
-        save_file(state, os.path.join(directory, WEIGHTS_NAME), metadata={"format": "pt"})
-        with open(os.path.join(directory, CARD_NAME), "w", encoding="utf-8") as f:
-            f.write(self.model_card(license=license, folder=directory))
+        card = self.model_card(license=license, folder=directory)
+
+        # one crash-safe set: a kill -9 at any moment leaves the old three files or the new three
+        commit_files(directory, {
+            WEIGHTS_NAME: lambda path: save_file(state, path, metadata={"format": "pt"}),
+            CONFIG_NAME: lambda path: write_text(path, config),
+            CARD_NAME: lambda path: write_text(path, card),
+        })
         return directory
 
     def model_card(self, license: str | None = None, folder: str | None = None, repo_id: str | None = None) -> str:

@@ -134,7 +134,10 @@ def load_model(cfg: TrainConfig, device: torch.device):
     from ..model.config import CONFIG_NAME, LEGACY_CONFIG_NAME, WEIGHTS_NAME  # noqa: PLC0415
     from ..model.modeling import parse_dtype  # noqa: PLC0415
 
+    from .._atomic import recover  # noqa: PLC0415
+
     for d in cfg.model:
+        recover(d)  # an interrupted save into the folder is finished or discarded first
         if not any(os.path.isfile(os.path.join(d, n)) for n in (CONFIG_NAME, LEGACY_CONFIG_NAME)):
             raise ValueError(f"model={d!r} is not a Slot-VLM model folder (no {CONFIG_NAME}); create one with `slotvlm init`")
     base = SlotVLMConfig.load(cfg.model[0])
@@ -217,11 +220,20 @@ def _trainable_state(module: torch.nn.Module) -> dict:
 
 
 def list_checkpoints(out: str) -> list[str]:
+    """The complete checkpoints of ``out``, oldest first. A ``step_N.old`` (the previous checkpoint
+    of the same step, set aside while a new ``step_N`` was renamed in) stands for ``step_N`` when a
+    kill came between the two renames."""
     root = os.path.join(out, CKPT_DIR)
     if not os.path.isdir(root):
         return []
-    names = sorted(n for n in os.listdir(root) if n.startswith("step_") and n[5:].isdigit())
-    return [os.path.join(root, n) for n in names if os.path.isfile(os.path.join(root, n, "state.json"))]
+    entries = set(os.listdir(root))
+    found = {}
+    for n in entries:
+        step = n[5:-4] if n.endswith(".old") else n[5:]
+        if n.startswith("step_") and step.isdigit() and os.path.isfile(os.path.join(root, n, "state.json")):
+            if not n.endswith(".old") or f"step_{step}" not in entries:
+                found[int(step)] = os.path.join(root, n)
+    return [found[s] for s in sorted(found)]
 
 
 def save_checkpoint(out, step, module, opt, sched, device, rank, world, meta, keep) -> str:
@@ -230,6 +242,8 @@ def save_checkpoint(out, step, module, opt, sched, device, rank, world, meta, ke
     ``.tmp`` folder, which resume ignores). A write that fails (disk full, permissions) removes the
     ``.tmp`` folder and raises ``OSError`` naming the checkpoint."""
     from safetensors.torch import save_file  # noqa: PLC0415
+
+    from .._atomic import fsync_path  # noqa: PLC0415
 
     root = os.path.join(out, CKPT_DIR)
     final = os.path.join(root, f"step_{step:06d}")
@@ -248,8 +262,16 @@ def save_checkpoint(out, step, module, opt, sched, device, rank, world, meta, ke
         if rank == 0:
             with open(os.path.join(tmp, "state.json"), "w") as f:
                 json.dump({**meta, "step": step, "world_size": world}, f, indent=1)
-            shutil.rmtree(final, ignore_errors=True)
+            for name in os.listdir(tmp):  # durable before it becomes visible
+                fsync_path(os.path.join(tmp, name))
+            fsync_path(tmp)
+            aside = final + ".old"
+            if os.path.isdir(final):  # the same step again: keep the old one until the new one is in
+                shutil.rmtree(aside, ignore_errors=True)
+                os.replace(final, aside)
             os.replace(tmp, final)
+            fsync_path(root)
+            shutil.rmtree(aside, ignore_errors=True)
             for old in list_checkpoints(out)[:-keep]:
                 shutil.rmtree(old, ignore_errors=True)
     except OSError as e:
@@ -459,10 +481,14 @@ def _dump_json(obj, path: str) -> None:
 
 def _write_atomic(path: str, write) -> None:
     """``write(tmp)`` then rename ``tmp`` to ``path``; on failure (a full disk) no ``.tmp`` is left."""
+    from .._atomic import fsync_path  # noqa: PLC0415
+
     tmp = path + ".tmp"
     try:
         write(tmp)
+        fsync_path(tmp)
         os.replace(tmp, path)
+        fsync_path(os.path.dirname(os.path.abspath(path)))
     except BaseException:
         if os.path.exists(tmp):
             os.remove(tmp)
