@@ -3,6 +3,7 @@
     python bench/serve.py                                   # starts a server with a tiny random model
     python bench/serve.py --clients 16 --requests 8 --save  # ... and appends to bench/results/serve.csv
     python bench/serve.py --base-url http://127.0.0.1:8000/v1 --api-key KEY   # an already running server
+    python bench/serve.py --sweep 1 4 16 --max-batch 16 --save   # one-at-a-time vs batched, interleaved
 
 Every request streams (so the time to first token is seen by the client), asks one of
 ``--videos`` synthetic clips (of different lengths, sent as data URLs), and the first question about
@@ -19,7 +20,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import base64
-import csv
 import datetime as _dt
 import os
 import socket
@@ -32,7 +32,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from bench._common import commit, device_name  # noqa: E402
+from bench._common import append_csv, commit, device_name  # noqa: E402
 
 COLUMNS = ["timestamp", "commit", "device", "torch", "model", "clients", "requests", "videos", "max_tokens",
            "ok", "errors", "wall_s", "req_per_s", "p50_ms", "p99_ms", "ttft_p50_ms", "ttft_p99_ms",
@@ -134,6 +134,89 @@ async def run_load(base_url: str, api_key: str, model: str, videos: list[str], c
     return lat, ttft, errors, wall
 
 
+SWEEP_COLUMNS = ["timestamp", "commit", "device", "torch", "model", "mode", "max_batch", "clients", "requests",
+                 "max_tokens", "ok", "errors", "wall_s", "req_per_s", "p50_ms", "p95_ms", "ttft_p50_ms", "mean_batch",
+                 "loadavg_1m"]
+
+
+def _measure(base: str, api_key: str, model: str, videos: list[str], clients: int, requests: int,
+             max_tokens: int) -> dict:
+    """One load run against ``base``: the measured numbers and the server-side counters' deltas."""
+    before = _metrics(base, api_key)
+    lat, ttft, errors, wall = asyncio.run(run_load(base, api_key, model, videos, clients, requests, max_tokens))
+    after = _metrics(base, api_key)
+
+    def delta(name):
+        return after.get(name, 0.0) - before.get(name, 0.0)
+
+    hits, misses = delta("slotvlm_video_cache_hits_total"), delta("slotvlm_video_cache_misses_total")
+    batches = delta("slotvlm_batch_size_count")
+    return {
+        "timestamp": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"), "commit": commit(),
+        "clients": clients, "requests": clients * requests, "max_tokens": max_tokens,
+        "ok": len(lat), "errors": errors, "wall_s": f"{wall:.2f}", "req_per_s": f"{len(lat) / wall:.2f}",
+        "p50_ms": f"{1e3 * _quantile(lat, 0.5):.1f}", "p95_ms": f"{1e3 * _quantile(lat, 0.95):.1f}",
+        "p99_ms": f"{1e3 * _quantile(lat, 0.99):.1f}",
+        "ttft_p50_ms": f"{1e3 * _quantile(ttft, 0.5):.1f}", "ttft_p99_ms": f"{1e3 * _quantile(ttft, 0.99):.1f}",
+        "cache_hit_rate": f"{hits / (hits + misses):.3f}" if hits + misses else "nan",
+        "mean_batch": f"{delta('slotvlm_batch_size_sum') / batches:.2f}" if batches else "nan",
+        "loadavg_1m": f"{os.getloadavg()[0]:.1f}",  # the machine's load while measuring: CPU numbers are only as quiet as it
+    }
+
+
+def _stop(proc) -> None:
+    proc.terminate()
+    try:
+        proc.wait(timeout=30)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+
+
+def sweep(args, work: str, model_dir: str, label: str, device: str, videos: list[str], warm: str) -> int:
+    """One-at-a-time (a server with --max-batch 1) against batched (--max-batch B) at each client
+    count, both servers up for the whole run and the runs interleaved (mode by mode at each client
+    count, ``--repeats`` times), so a change in the machine's load hits both modes alike."""
+    import torch
+    from openai import OpenAI
+
+    servers = {}
+    try:
+        for mode, mb in (("one-at-a-time", 1), ("batched", args.max_batch)):
+            print(f"starting slotvlm serve --max-batch {mb} ({mode}) ...", flush=True)
+            os.makedirs(os.path.join(work, mode), exist_ok=True)
+            proc, base = start_server(model_dir, os.path.join(work, mode), mb)
+            servers[mode] = (proc, base, mb)
+        rows = []
+        for rep in range(args.repeats):
+            for clients in args.sweep:
+                for mode, (_, base, mb) in servers.items():
+                    model = OpenAI(base_url=base, api_key=args.api_key).models.list().data[0].id
+                    if rep == 0 and clients == args.sweep[0]:
+                        asyncio.run(run_load(base, args.api_key, model, [warm] + videos, 1, len(videos) + 1, 2))
+                    row = _measure(base, args.api_key, model, videos, clients, args.requests, args.max_tokens)
+                    row.update(device=device, torch=torch.__version__, model=label, mode=mode, max_batch=mb)
+                    rows.append(row)
+                    print(f"  rep {rep} clients {clients:>3} {mode:>14}: {row['req_per_s']:>7} req/s  "
+                          f"p50 {row['p50_ms']:>8} ms  p95 {row['p95_ms']:>8} ms  mean batch {row['mean_batch']}",
+                          flush=True)
+    finally:
+        for proc, _, _ in servers.values():
+            _stop(proc)
+    print("\nclients  mode            req/s (median over repeats)  p95 ms   batched/one-at-a-time")
+    for clients in args.sweep:
+        med = {}
+        for mode in servers:
+            got = sorted(float(r["req_per_s"]) for r in rows if r["clients"] == clients and r["mode"] == mode)
+            p95 = sorted(float(r["p95_ms"]) for r in rows if r["clients"] == clients and r["mode"] == mode)
+            med[mode] = got[len(got) // 2]
+            print(f"{clients:>7}  {mode:<14}  {med[mode]:>10.2f}                   {p95[len(p95) // 2]:>8.1f}")
+        print(f"{'':>7}  {'ratio':<14}  {med['batched'] / med['one-at-a-time']:>10.2f}x")
+    out = ROOT / "bench" / "results" / "serve_sweep.csv" if args.save else Path(work) / "serve_sweep.csv"
+    append_csv(out, rows, SWEEP_COLUMNS)
+    print(f"{'appended' if args.save else 'wrote'} {len(rows)} rows to {out}")
+    return 0 if all(r["errors"] == 0 for r in rows) else 1
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     ap.add_argument("--base-url", default=None, help="a running server's /v1 URL (default: start one here)")
@@ -145,11 +228,17 @@ def main(argv=None) -> int:
     ap.add_argument("--videos", type=int, default=3, help="distinct videos asked about")
     ap.add_argument("--max-tokens", type=int, default=16, help="max_tokens per request")
     ap.add_argument("--max-batch", type=int, default=8, help="--max-batch of the server started here")
-    ap.add_argument("--save", action="store_true", help="append the row to bench/results/serve.csv")
+    ap.add_argument("--sweep", type=int, nargs="+", default=None, metavar="CLIENTS",
+                    help="compare one-at-a-time (--max-batch 1) with batched (--max-batch MAX_BATCH) servers at these "
+                    "client counts, e.g. --sweep 1 4 16 --max-batch 16 (rows to bench/results/serve_sweep.csv)")
+    ap.add_argument("--repeats", type=int, default=3, help="with --sweep: interleaved repeats of the whole sweep")
+    ap.add_argument("--save", action="store_true", help="append the row(s) to bench/results/serve.csv (serve_sweep.csv)")
     args = ap.parse_args(argv)
-    for name in ("clients", "requests", "videos", "max_tokens", "max_batch"):
+    for name in ("clients", "requests", "videos", "max_tokens", "max_batch", "repeats"):
         if getattr(args, name) < 1:
             ap.error(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
+    if args.sweep is not None and (args.base_url is not None or min(args.sweep) < 1):
+        ap.error(f"--sweep needs client counts >= 1 and starts its own servers (no --base-url), got {args.sweep}")
 
     import torch
 
@@ -163,46 +252,26 @@ def main(argv=None) -> int:
             path = make_clip(os.path.join(work, f"clip{i}.mp4"), seconds=3 + 2 * i, fps=2)
             videos.append("data:video/mp4;base64," + base64.b64encode(Path(path).read_bytes()).decode())
         warm, videos = videos[-1], videos[:-1]
+        device = device_name("cpu") if not torch.cuda.is_available() else device_name("cuda")
+        if args.sweep is not None:
+            model_dir = args.model or make_tiny_slotvlm(os.path.join(work, "tiny"))
+            return sweep(args, work, model_dir, args.model or "tiny random (slotvlm.testing)", device, videos, warm)
         if args.base_url is None:
             model_dir = args.model or make_tiny_slotvlm(os.path.join(work, "tiny"))
             label = args.model or "tiny random (slotvlm.testing)"
             print(f"starting slotvlm serve --model {model_dir} ...", flush=True)
             proc, base = start_server(model_dir, work, args.max_batch)
-            device = device_name("cpu") if not torch.cuda.is_available() else device_name("cuda")
         else:
             base, label, device = args.base_url, "remote", "unknown (remote server)"
         from openai import OpenAI
 
         model = OpenAI(base_url=base, api_key=args.api_key).models.list().data[0].id
         asyncio.run(run_load(base, args.api_key, model, [warm], 1, 1, 2))  # load everything once
-        before = _metrics(base, args.api_key)
-        lat, ttft, errors, wall = asyncio.run(run_load(base, args.api_key, model, videos, args.clients,
-                                                       args.requests, args.max_tokens))
-        after = _metrics(base, args.api_key)
+        row = _measure(base, args.api_key, model, videos, args.clients, args.requests, args.max_tokens)
     finally:
         if proc is not None:
-            proc.terminate()
-            try:
-                proc.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-
-    def delta(name):
-        return after.get(name, 0.0) - before.get(name, 0.0)
-
-    hits, misses = delta("slotvlm_video_cache_hits_total"), delta("slotvlm_video_cache_misses_total")
-    batches = delta("slotvlm_batch_size_count")
-    row = {
-        "timestamp": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"), "commit": commit(),
-        "device": device, "torch": torch.__version__, "model": label, "clients": args.clients,
-        "requests": args.clients * args.requests, "videos": args.videos, "max_tokens": args.max_tokens,
-        "ok": len(lat), "errors": errors, "wall_s": f"{wall:.2f}", "req_per_s": f"{len(lat) / wall:.2f}",
-        "p50_ms": f"{1e3 * _quantile(lat, 0.5):.1f}", "p99_ms": f"{1e3 * _quantile(lat, 0.99):.1f}",
-        "ttft_p50_ms": f"{1e3 * _quantile(ttft, 0.5):.1f}", "ttft_p99_ms": f"{1e3 * _quantile(ttft, 0.99):.1f}",
-        "cache_hit_rate": f"{hits / (hits + misses):.3f}" if hits + misses else "nan",
-        "mean_batch": f"{delta('slotvlm_batch_size_sum') / batches:.2f}" if batches else "nan",
-        "loadavg_1m": f"{os.getloadavg()[0]:.1f}",  # the machine's load while measuring: CPU numbers are only as quiet as it
-    }
+            _stop(proc)
+    row.update(device=device, torch=torch.__version__, model=label, videos=args.videos)
     print(f"\nserver: {base} ({label}); device: {device}; torch {torch.__version__}; commit {row['commit']}; "
           f"load average {row['loadavg_1m']}")
     keys = ["clients", "requests", "ok", "errors", "req_per_s", "p50_ms", "p99_ms", "ttft_p50_ms", "ttft_p99_ms",
@@ -210,15 +279,9 @@ def main(argv=None) -> int:
     print("  ".join(f"{k:>14}" for k in keys))
     print("  ".join(f"{str(row[k]):>14}" for k in keys))
     out = ROOT / "bench" / "results" / "serve.csv" if args.save else Path(work) / "serve.csv"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    new = not out.exists() or out.stat().st_size == 0
-    with out.open("a", newline="") as fh:
-        w = csv.DictWriter(fh, fieldnames=COLUMNS)
-        if new:
-            w.writeheader()
-        w.writerow(row)
+    append_csv(out, [row], COLUMNS)
     print(f"{'appended' if args.save else 'wrote'} 1 row to {out}" + ("" if args.save else " (use --save for bench/results)"))
-    return 0 if errors == 0 else 1
+    return 0 if row["errors"] == 0 else 1
 
 
 if __name__ == "__main__":

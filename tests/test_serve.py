@@ -386,6 +386,31 @@ def test_bench_script_against_server(server, capsys):
     assert 0 <= float(row["cache_hit_rate"]) <= 1 and float(row["p99_ms"]) >= float(row["p50_ms"]) > 0
 
 
+def test_bench_sweep_compares_batched_with_one_at_a_time(capsys):
+    """bench/serve.py --sweep starts a --max-batch 1 and a --max-batch N server and measures both at
+    each client count: every request answered, the one-at-a-time server never batches, the batched
+    one does under concurrency."""
+    import csv
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("bench_serve", os.path.join(ROOT, "bench", "serve.py"))
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    assert bench.main(["--sweep", "1", "4", "--requests", "2", "--repeats", "1", "--max-batch", "4",
+                       "--videos", "1", "--max-tokens", "3"]) == 0
+    out = capsys.readouterr().out
+    assert "batched/one-at-a-time" in out and out.count("ratio") == 2
+    path = out.split("wrote 4 rows to ")[1].strip()
+    with open(path) as f:
+        rows = list(csv.DictReader(f))
+    assert [(r["clients"], r["mode"]) for r in rows] == [("1", "one-at-a-time"), ("1", "batched"),
+                                                         ("4", "one-at-a-time"), ("4", "batched")]
+    assert all(r["ok"] == r["requests"] and r["errors"] == "0" for r in rows)
+    assert {r["mean_batch"] for r in rows if r["mode"] == "one-at-a-time"} == {"1.00"}
+    assert float(rows[3]["mean_batch"]) > 1  # 4 concurrent clients share batches
+    assert all(float(r["p95_ms"]) >= float(r["p50_ms"]) > 0 for r in rows)
+
+
 @pytest.fixture(scope="module")
 def small_server(files):
     """A second server, in-process (``create_app`` + uvicorn in a thread, pre-bound loopback socket):
