@@ -52,6 +52,11 @@ from slotvlm.nn.slot_ssm import SlotSSM, SlotSSMLayer  # noqa: E402
 
 MODELS = ("SlotSSM", "single-state SSM", "slot transformer")
 STATE_DIM, EXPAND = 8, 1  # SSM state size and channel expansion (small: the scan runs as a Python loop on CPU)
+# The recipe (issue 23, measured 2026-12-06, docs/slot_ssm.md): slots carried over time (frame t's
+# encoder queries are frame t-1's slots, as the SlotSSMs design has it), and lr 1e-3. With
+# recurrent_encoder=False or lr 1e-2 the SlotSSM stays at chance even at T=2.
+RECURRENT = True
+LR = 1e-3
 PRESETS = {
     # default: lengths 64-1024, 3 seeds; measured 2026-11-30: ~65 CPU-min of training on one thread (docs/training.md)
     # (T = 256, batch 32: SlotSSM 1.0 s, single-state 0.25 s, slot transformer 0.5 s; linear in T and batch)
@@ -124,7 +129,7 @@ class SlotTransformerLayer(SlotSSMLayer):
 def _layer_kwargs(dim: int) -> dict:
     heads = 4 if dim % 4 == 0 else 1
     return dict(state_dim=STATE_DIM, expand=EXPAND, dt_rank=math.ceil(dim / 16), encoder_iters=1, encoder_heads=1,
-                mixer_heads=heads, ffn_mult=2, recurrent_encoder=False, dt_min=1e-3, dt_max=1e-1, backend="torch")
+                mixer_heads=heads, ffn_mult=2, recurrent_encoder=RECURRENT, dt_min=1e-3, dt_max=1e-1, backend="torch")
 
 
 class TaskModel(nn.Module):
@@ -139,7 +144,7 @@ class TaskModel(nn.Module):
         kw = _layer_kwargs(dim)
         slots = 1 if kind == "single-state SSM" else objects
         self.core = SlotSSM(dim, slots, num_layers=1, state_dim=STATE_DIM, expand=EXPAND, ffn_mult=kw["ffn_mult"],
-                            recurrent_encoder=False, mixer_heads=kw["mixer_heads"], backend="torch")
+                            recurrent_encoder=RECURRENT, mixer_heads=kw["mixer_heads"], backend="torch")
         if kind == "slot transformer":
             self.core.layers = nn.ModuleList([SlotTransformerLayer(dim, slots, **kw)])
         if kind == "single-state SSM":
@@ -178,7 +183,7 @@ def matched_dims(slot_dim: int) -> dict:
 
 
 # ------------------------------------------------------------------------------------------ run
-def run_one(kind: str, dim: int, length: int, seed: int, steps: int, batch: int, eval_n: int, lr: float = 1e-2) -> dict:
+def run_one(kind: str, dim: int, length: int, seed: int, steps: int, batch: int, eval_n: int, lr: float = LR) -> dict:
     torch.manual_seed(seed)
     model = TaskModel(kind, dim)
     opt = torch.optim.AdamW(model.parameters(), lr=lr)
@@ -290,7 +295,7 @@ def main(argv=None) -> int:
     ap.add_argument("--steps", type=int, help="training steps per (model, length, seed) (default 120)")
     ap.add_argument("--batch", type=int, help="batch size (default 16)")
     ap.add_argument("--eval", type=int, dest="eval_n", help="held-out sequences per length (default 256)")
-    ap.add_argument("--lr", type=float, default=1e-2, help="peak lr of AdamW, one-cycle schedule (default 1e-2)")
+    ap.add_argument("--lr", type=float, default=LR, help=f"peak lr of AdamW, one-cycle schedule (default {LR:g})")
     ap.add_argument("--dim", type=int, default=32, help="SlotSSM width; the others are matched in parameters (default 32)")
     ap.add_argument("--save", action="store_true", help="write slotssm_task.{csv,md,png} to bench/results/ (else a temp folder)")
     ap.add_argument("--label", help="a label for the CSV rows (default: 'smoke' or 'default')")

@@ -72,3 +72,78 @@ def test_smoke_run_writes_every_row(capsys):
     for r in rows:
         assert 0 <= float(r["accuracy"]) <= 1 and float(r["infer_ms_per_sequence"]) > 0
     assert (Path(path).parent / "slotssm_task.png").stat().st_size > 1000
+
+
+# ----------------------------------------------------------------- issue 23: why it stayed at chance
+def _train_recall(b, recurrent: bool, steps: int = 400, lr: float = 1e-3) -> float:
+    """Train TaskModel("SlotSSM", 32) on one-step recall (T=2: the colour is shown in frame 0 only)
+    and return the held-out accuracy (256 fresh sequences; chance 1/8)."""
+    import torch.nn.functional as F
+
+    torch.manual_seed(0)
+    model = b.TaskModel("SlotSSM", 32)
+    for layer in model.core.layers:
+        layer.recurrent_encoder = recurrent
+    opt = torch.optim.AdamW(model.parameters(), lr=lr)
+    g = torch.Generator().manual_seed(7)
+    for _ in range(steps):
+        x, q, y = b.make_batch(32, 2, generator=g)
+        loss = F.cross_entropy(model(x, q), y)
+        opt.zero_grad()
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+    with torch.no_grad():
+        x, q, y = b.make_batch(256, 2, generator=torch.Generator().manual_seed(99))
+        return float((model.eval()(x, q).argmax(-1) == y).float().mean())
+
+
+def test_slotssm_learns_one_step_recall_with_slots_carried_over_time():
+    """The benchmark's recipe (slots carried from frame to frame, lr 1e-3) learns T=2 recall in a
+    few hundred steps (measured: 100 % from step 300); the old recipe's parallel-in-time encoder
+    (every frame re-bound from the learned table) stays at chance at equal steps (measured 12 %)."""
+    b = load_bench()
+    assert b.RECURRENT and b.LR == 1e-3
+    assert _train_recall(b, recurrent=True) >= 0.9
+    assert _train_recall(b, recurrent=False) < 0.3
+
+
+def _sensitivity(fn, seed: int, T: int = 8) -> float:
+    """|d r·out_T / d x_0| / |d r·out_T / d x_{T-1}| for a fixed random readout r (mean abs over the
+    batch, tokens and channels): how much the last frame's output depends on the first frame,
+    relative to how much it depends on itself."""
+    torch.manual_seed(seed)
+    x, out = fn(T)
+    r = torch.randn(out.shape, generator=torch.Generator().manual_seed(5))
+    (g,) = torch.autograd.grad((out * r).sum(), x)
+    per_t = g.abs().mean((0, 2, 3))
+    return float(per_t[0] / per_t[-1])
+
+
+def test_memory_path_at_init_beats_a_plain_mamba_block():
+    """At init the last frame's output of the SlotSSM core (1 layer, B=2, T=8, K=4, D=32) depends on
+    the first frame with >= 5 % of its dependence on the last frame (measured 0.27-0.95 over 3
+    seeds), >= 100x what a plain Mamba-style block gives on the same shapes (the core's own SSM
+    branch plus its residual, measured 4e-5 - 1.5e-4: small Δ at init). With the encoder re-binding
+    every frame from the table, the core is no better than the plain block (measured 1.5e-4 - 6e-4)."""
+    from slotvlm import SlotSSM
+
+    def core(recurrent):
+        def fn(T):
+            m = SlotSSM(32, 4, num_layers=1, state_dim=8, expand=1, ffn_mult=2, recurrent_encoder=recurrent,
+                        backend="torch")
+            x = torch.randn(2, T, 4, 32, requires_grad=True)
+            return x, m(x)[:, -1]
+        return fn
+
+    def mamba_block(T):
+        layer = SlotSSM(32, 4, num_layers=1, state_dim=8, expand=1, ffn_mult=2, backend="torch").layers[0]
+        z = torch.randn(2, T, 4, 32, requires_grad=True)
+        return z, (z + layer.ssm(z, None)[0])[:, -1]
+
+    for seed in range(3):
+        block = _sensitivity(mamba_block, seed)
+        ours = _sensitivity(core(True), seed)
+        assert block < 1e-3
+        assert ours >= 0.05 and ours >= 100 * block, (seed, ours, block)
+        assert _sensitivity(core(False), seed) < 2e-3

@@ -115,8 +115,10 @@ class SlotSSMLayer(nn.Module):
             z = self.encoder(inputs.reshape(b * t, n, d)).reshape(b, t, self.num_slots, d)
             return z, z[:, -1]
         slots, out = slots0, []
-        for i in range(t):  # inherently sequential: frame i's queries are frame i-1's slots
-            slots = self.encoder(inputs[:, i], slots=slots)
+        # inherently sequential: frame i's queries are frame i-1's slots. unbind, not inputs[:, i]:
+        # the backward of T slices would write T full-size gradients of inputs (O(T^2) per step)
+        for frame in inputs.unbind(1):
+            slots = self.encoder(frame, slots=slots)
             out.append(slots)
         return torch.stack(out, dim=1), slots
 

@@ -69,10 +69,12 @@ def selective_scan_ref(u, delta, A, B, C, D=None, h0=None):
     u32, dt32, A32, B32, C32 = (x.to(acc) for x in (u, delta, A, B, C))
     h = torch.zeros(R, Dc, S, device=u.device, dtype=acc) if h0 is None else h0.to(acc)
     ys = []
-    for t in range(T):
-        decay = torch.exp(dt32[:, t, :, None] * A32)
-        h = decay * h + (dt32[:, t] * u32[:, t])[:, :, None] * B32[:, t, None, :]
-        ys.append(torch.einsum("rds,rs->rd", h, C32[:, t]))
+    # unbind, not x[:, t]: the backward of T slices would write T full-size [R, T, ...] gradients
+    # (O(T^2) time); unbind's backward stacks the T pieces once
+    for dt_t, u_t, B_t, C_t in zip(dt32.unbind(1), u32.unbind(1), B32.unbind(1), C32.unbind(1)):
+        decay = torch.exp(dt_t[:, :, None] * A32)
+        h = decay * h + (dt_t * u_t)[:, :, None] * B_t[:, None, :]
+        ys.append(torch.einsum("rds,rs->rd", h, C_t))
     y = torch.stack(ys, dim=1)
     if D is not None:
         y = y + u32 * D.to(acc)
