@@ -19,9 +19,11 @@ their parameter counts are matched to within a few per cent by choosing the widt
   SlotSSM            ``slotvlm.SlotSSM`` (K slots, one layer): slot encoder per frame, a selective
                      SSM per slot over time, slots mixed by attention; readout: the query object's
                      embedding attends over the last frame's slots.
-  single-state SSM   the same SlotSSM layer with one slot fed one token per frame (an MLP of the
-                     whole frame, so the binding of colour to object is available to it): one
-                     monolithic state carries everything; readout: an MLP of state and query.
+  single-state SSM   the same SlotSSM layer with one slot fed one token per frame (a DeepSets
+                     encoder of the frame: an MLP per token, summed, then a linear layer, so the
+                     binding of colour to object is available to it and token order does not
+                     matter): one monolithic state carries everything; readout: an MLP of state
+                     and query.
   slot transformer   the SlotSSM layer with the SSM replaced by causal self-attention over time
                      per slot (no recurrence; attention cost grows as T²); same readout as SlotSSM.
 
@@ -53,16 +55,19 @@ from slotvlm.nn.slot_ssm import SlotSSM, SlotSSMLayer  # noqa: E402
 MODELS = ("SlotSSM", "single-state SSM", "slot transformer")
 STATE_DIM, EXPAND = 8, 1  # SSM state size and channel expansion (small: the scan runs as a Python loop on CPU)
 # The recipe (issue 23, measured 2026-12-06, docs/slot_ssm.md): slots carried over time (frame t's
-# encoder queries are frame t-1's slots, as the SlotSSMs design has it), and lr 1e-3. With
-# recurrent_encoder=False or lr 1e-2 the SlotSSM stays at chance even at T=2.
+# encoder queries are frame t-1's slots, as the SlotSSMs design has it), AdamW at a constant lr 1e-3,
+# and a curriculum over lengths: training starts at T = 4 and doubles T whenever the running training
+# accuracy reaches 95 %, up to the training length. With recurrent_encoder=False or lr 1e-2 the SlotSSM
+# stays at chance even at T = 2; trained at T = 64 from the start it stays at chance for 1,500 steps.
 RECURRENT = True
 LR = 1e-3
+START_LENGTH, ADVANCE_AT = 4, 0.95
 PRESETS = {
-    # default: lengths 64-1024, 3 seeds; measured 2026-11-30: ~65 CPU-min of training on one thread (docs/training.md)
-    # (T = 256, batch 32: SlotSSM 1.0 s, single-state 0.25 s, slot transformer 0.5 s; linear in T and batch)
-    "default": dict(lengths=[64, 128, 256, 512, 1024], seeds=[0, 1, 2], steps=120, batch=16, eval_n=256),
-    "smoke": dict(lengths=[8, 16], seeds=[0, 1], steps=2, batch=4, eval_n=8),
+    # default: each (model, seed) trained once, curriculum up to T = 256, evaluated at 64, 256 and 1024
+    "default": dict(lengths=[64, 256, 1024], seeds=[0, 1, 2], steps=1000, batch=32, eval_n=256, train_length=256),
+    "smoke": dict(lengths=[8, 16], seeds=[0, 1], steps=3, batch=4, eval_n=8, train_length=8),
 }
+LR_GRID = dict(lrs=[3e-4, 1e-3, 3e-3], length=64, seed=0)  # --lr-grid: each model, same budget, T = 64
 
 
 # ------------------------------------------------------------------------------------------ data
@@ -126,6 +131,18 @@ class SlotTransformerLayer(SlotSSMLayer):
         return self.temporal(z), None
 
 
+class _FrameSet(nn.Module):
+    """``[B, T, K, F]`` → ``[B, T, 1, D]``: ``Linear(Σ_k MLP(x_k))``, invariant to the order of the K tokens."""
+
+    def __init__(self, feat: int, dim: int):
+        super().__init__()
+        self.token = nn.Sequential(nn.Linear(feat, dim), nn.GELU(), nn.Linear(dim, dim))
+        self.out = nn.Sequential(nn.GELU(), nn.Linear(dim, dim))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.out(self.token(x).sum(2, keepdim=True))
+
+
 def _layer_kwargs(dim: int) -> dict:
     heads = 4 if dim % 4 == 0 else 1
     return dict(state_dim=STATE_DIM, expand=EXPAND, dt_rank=math.ceil(dim / 16), encoder_iters=1, encoder_heads=1,
@@ -148,8 +165,10 @@ class TaskModel(nn.Module):
         if kind == "slot transformer":
             self.core.layers = nn.ModuleList([SlotTransformerLayer(dim, slots, **kw)])
         if kind == "single-state SSM":
-            # The whole frame (its K tokens, concatenated) becomes the one token the single state reads.
-            self.embed = nn.Sequential(nn.Linear(objects * feat, dim), nn.GELU(), nn.Linear(dim, dim))
+            # The whole frame becomes the one token the single state reads: a DeepSets encoder (an MLP
+            # per token, summed over the frame's tokens, then a linear layer), so the token order does
+            # not matter and each token's identity-colour binding survives the sum.
+            self.embed = _FrameSet(feat, dim)
         else:
             self.embed = nn.Linear(feat, dim)
         self.query = nn.Embedding(objects, dim)
@@ -157,10 +176,7 @@ class TaskModel(nn.Module):
 
     def forward(self, x: torch.Tensor, query: torch.Tensor) -> torch.Tensor:
         b, t, k, f = x.shape
-        if self.kind == "single-state SSM":
-            h = self.embed(x.reshape(b, t, 1, k * f))
-        else:
-            h = self.embed(x)
+        h = self.embed(x)  # [B, T, K, D], or [B, T, 1, D] for the single state
         last = self.core(h)[:, -1]  # [B, K, D] (K = 1 for the single state)
         q = self.query(query)  # [B, D]
         w = torch.softmax((last @ q[:, :, None]).squeeze(-1) / math.sqrt(q.shape[-1]), dim=-1)  # [B, K]
@@ -183,37 +199,65 @@ def matched_dims(slot_dim: int) -> dict:
 
 
 # ------------------------------------------------------------------------------------------ run
-def run_one(kind: str, dim: int, length: int, seed: int, steps: int, batch: int, eval_n: int, lr: float = LR) -> dict:
-    torch.manual_seed(seed)
-    model = TaskModel(kind, dim)
+def train_curriculum(model: nn.Module, seed: int, steps: int, batch: int, train_length: int, lr: float,
+                     start_length: int = START_LENGTH, advance_at: float = ADVANCE_AT) -> dict:
+    """Train ``model`` for ``steps`` AdamW steps (constant ``lr``, gradients clipped to norm 1) on
+    sequences whose length starts at ``start_length`` and doubles (up to ``train_length``) whenever
+    the running accuracy on the training batches (an exponential mean, factor 0.9, restarted at each
+    length) reaches ``advance_at``. Every model gets the same rule and the same step budget.
+
+    Returns the final training loss, the length reached, the step at which each length began,
+    and wall / process-CPU seconds."""
     opt = torch.optim.AdamW(model.parameters(), lr=lr)
-    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=steps, pct_start=0.1)
-    g = torch.Generator().manual_seed(1000 * seed + length)
+    g = torch.Generator().manual_seed(1000 * seed + train_length)
+    length = min(start_length, train_length)
+    began = {length: 0}
+    ema = 0.0
     t0, c0 = time.perf_counter(), time.process_time()
     model.train()
     loss = torch.tensor(math.nan)
-    for _ in range(steps):
+    for step in range(steps):
         x, q, y = make_batch(batch, length, generator=g)
-        loss = F.cross_entropy(model(x, q), y)
+        logits = model(x, q)
+        loss = F.cross_entropy(logits, y)
         opt.zero_grad()
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         opt.step()
-        sched.step()
-    train_s, train_cpu_s = time.perf_counter() - t0, time.process_time() - c0
+        ema = 0.9 * ema + 0.1 * float((logits.argmax(-1) == y).float().mean())
+        if ema >= advance_at and length < train_length:
+            length, ema = min(2 * length, train_length), 0.0
+            began[length] = step + 1
+    return {"final_train_loss": float(loss.detach()), "reached_length": length,
+            "curriculum": " ".join(f"{t}@{s}" for t, s in began.items()),
+            "train_s": time.perf_counter() - t0, "train_cpu_s": time.process_time() - c0}
+
+
+@torch.no_grad()
+def evaluate(model: nn.Module, length: int, eval_n: int, batch: int) -> dict:
+    """Held-out accuracy on ``eval_n`` fixed sequences of ``length`` frames (the same for every model
+    and seed) and the inference time per sequence."""
     model.eval()
-    ge = torch.Generator().manual_seed(10**6 + length)  # the same held-out sequences for every model and seed
+    ge = torch.Generator().manual_seed(10**6 + length)
     right, infer = 0, 0.0
-    with torch.no_grad():
-        for i in range(0, eval_n, batch):
-            x, q, y = make_batch(min(batch, eval_n - i), length, generator=ge)
-            t1 = time.perf_counter()
-            pred = model(x, q).argmax(-1)
-            infer += time.perf_counter() - t1
-            right += int((pred == y).sum())
-    return {"model": kind, "dim": dim, "params": n_params(model), "length": length, "seed": seed,
-            "accuracy": right / eval_n, "final_train_loss": float(loss.detach()), "train_s": train_s, "train_cpu_s": train_cpu_s,
-            "infer_ms_per_sequence": 1e3 * infer / eval_n}
+    for i in range(0, eval_n, batch):
+        x, q, y = make_batch(min(batch, eval_n - i), length, generator=ge)
+        t1 = time.perf_counter()
+        pred = model(x, q).argmax(-1)
+        infer += time.perf_counter() - t1
+        right += int((pred == y).sum())
+    return {"accuracy": right / eval_n, "infer_ms_per_sequence": 1e3 * infer / eval_n}
+
+
+def run_one(kind: str, dim: int, lengths: list[int], seed: int, steps: int, batch: int, eval_n: int,
+            train_length: int, lr: float = LR) -> list[dict]:
+    """Train one ``kind`` model (curriculum up to ``train_length``), then evaluate it at every length
+    in ``lengths``: one row per length."""
+    torch.manual_seed(seed)
+    model = TaskModel(kind, dim)
+    tr = train_curriculum(model, seed, steps, batch, train_length, lr)
+    return [{"model": kind, "dim": dim, "params": n_params(model), "length": t, "seed": seed, "lr": lr,
+             "train_length": train_length, **evaluate(model, t, eval_n, batch), **tr} for t in lengths]
 
 
 def mean_se(values):
@@ -286,64 +330,119 @@ def plot(summary: list[dict], path: str, title: str, chance: float) -> str:
     return path
 
 
+def lr_grid(dims: dict, lrs: list[float], length: int, seed: int, steps: int, batch: int, eval_n: int) -> list[dict]:
+    """Each model at each lr, one seed, the same curriculum and budget, trained up to and evaluated
+    at ``length``: the rows of ``slotssm_lr_grid.csv``."""
+    from tqdm import tqdm
+
+    rows = []
+    for kind, lr in tqdm([(k, lr) for k in MODELS for lr in lrs], desc="lr grid", unit="run"):
+        rows += run_one(kind, dims[kind], [length], seed, steps, batch, eval_n, length, lr)
+        r = rows[-1]
+        print(f"{kind:17s} lr={lr:g} T={length} acc={r['accuracy']:.3f} reached T={r['reached_length']} "
+              f"({r['curriculum']}) train={r['train_s']:.0f}s", flush=True)
+    return rows
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], epilog=__doc__.split("\n\n", 1)[1],
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--smoke", action="store_true", help="CI-sized: lengths 8 16, 2 steps, 2 seeds")
-    ap.add_argument("--lengths", type=int, nargs="+", help="sequence lengths (default 64 128 256 512 1024)")
+    ap.add_argument("--smoke", action="store_true", help="CI-sized: lengths 8 16, 3 steps, 2 seeds")
+    ap.add_argument("--lengths", type=int, nargs="+", help="evaluation lengths (default 64 256 1024)")
+    ap.add_argument("--train-length", type=int, help="longest training length of the curriculum (default 256)")
     ap.add_argument("--seeds", type=int, nargs="+", help="seeds (default 0 1 2)")
-    ap.add_argument("--steps", type=int, help="training steps per (model, length, seed) (default 120)")
-    ap.add_argument("--batch", type=int, help="batch size (default 16)")
+    ap.add_argument("--steps", type=int, help="training steps per (model, seed) (default 1000)")
+    ap.add_argument("--batch", type=int, help="batch size (default 32)")
     ap.add_argument("--eval", type=int, dest="eval_n", help="held-out sequences per length (default 256)")
-    ap.add_argument("--lr", type=float, default=LR, help=f"peak lr of AdamW, one-cycle schedule (default {LR:g})")
+    ap.add_argument("--lr", type=float, default=LR, help=f"lr of AdamW, constant (default {LR:g})")
+    ap.add_argument("--lr-grid", type=float, nargs="*", metavar="LR",
+                    help=f"instead of the comparison: every model at each lr (default {' '.join(map(str, LR_GRID['lrs']))}), "
+                         f"seed {LR_GRID['seed']}, trained up to and evaluated at T={LR_GRID['length']}, same budget; "
+                         "writes slotssm_lr_grid.csv")
     ap.add_argument("--dim", type=int, default=32, help="SlotSSM width; the others are matched in parameters (default 32)")
-    ap.add_argument("--save", action="store_true", help="write slotssm_task.{csv,md,png} to bench/results/ (else a temp folder)")
-    ap.add_argument("--label", help="a label for the CSV rows (default: 'smoke' or 'default')")
+    ap.add_argument("--save", action="store_true", help="write the CSV, table and chart to bench/results/ (else a temp folder)")
+    ap.add_argument("--label", help="a label for the CSV rows (default: 'smoke', 'default' or 'lr-grid')")
     args = ap.parse_args(argv)
     p = dict(PRESETS["smoke" if args.smoke else "default"])
-    for k in ("lengths", "seeds", "steps", "batch", "eval_n"):
+    for k in ("lengths", "seeds", "steps", "batch", "eval_n", "train_length"):
         if getattr(args, k) is not None:
             p[k] = getattr(args, k)
     if min(p["lengths"]) < 2:
         raise SystemExit(f"error: --lengths must all be >= 2, got {p['lengths']}")
+    if p["train_length"] < 2:
+        raise SystemExit(f"error: --train-length must be >= 2, got {p['train_length']}")
     for k in ("steps", "batch", "eval_n"):
         if p[k] < 1:
             raise SystemExit(f"error: --{k.replace('_n', '')} must be >= 1, got {p[k]}")
     if args.dim < 4 or args.dim % 4:
         raise SystemExit(f"error: --dim must be a multiple of 4 (>= 4), got {args.dim}")
+    if not args.lr > 0:
+        raise SystemExit(f"error: --lr must be > 0, got {args.lr}")
     from tqdm import tqdm
 
     dims = matched_dims(args.dim)
-    jobs = [(k, t, s) for t in p["lengths"] for s in p["seeds"] for k in MODELS]
-    t_start = time.time()
-    results = []
-    for kind, length, seed in tqdm(jobs, desc="slotssm task", unit="run", disable=args.smoke):
-        results.append(run_one(kind, dims[kind], length, seed, p["steps"], p["batch"], p["eval_n"], args.lr))
-        r = results[-1]
-        print(f"{kind:17s} T={length:5d} seed={seed} acc={r['accuracy']:.3f} loss={r['final_train_loss']:.3f} "
-              f"train={r['train_s']:.1f}s infer={r['infer_ms_per_sequence']:.2f}ms/seq", flush=True)
-    wall = time.time() - t_start
-    label = args.label or ("smoke" if args.smoke else "default")
-    summary = summarise(results)
-    title = (f"{label}: K=4 objects, C=8 colours, {p['steps']} steps x batch {p['batch']}, lr {args.lr:g}, seeds {p['seeds']}, "
-             f"{p['eval_n']} held-out sequences, {wall / 60:.0f} min on {device_name('cpu')}; mean ± s.e.")
-    md = f"{title}\n\n" + markdown(summary)
     out_dir = os.path.join(ROOT, "bench", "results") if args.save else tempfile.mkdtemp(prefix="slotssm_task_")
     os.makedirs(out_dir, exist_ok=True)
-    csv_path = os.path.join(out_dir, "slotssm_task.csv")
+    t_start = time.time()
+    if args.lr_grid is not None:
+        lrs = args.lr_grid or LR_GRID["lrs"]
+        if min(lrs) <= 0:
+            raise SystemExit(f"error: --lr-grid values must be > 0, got {lrs}")
+        length = args.train_length or (p["train_length"] if args.smoke else LR_GRID["length"])
+        results = lr_grid(dims, lrs, length, p["seeds"][0] if args.seeds or args.smoke else LR_GRID["seed"],
+                          p["steps"], p["batch"], p["eval_n"])
+        label, name = args.label or ("smoke" if args.smoke else "lr-grid"), "slotssm_lr_grid"
+    else:
+        jobs = [(k, s) for s in p["seeds"] for k in MODELS]
+        results = []
+        for kind, seed in tqdm(jobs, desc="slotssm task", unit="run", disable=args.smoke):
+            rows = run_one(kind, dims[kind], p["lengths"], seed, p["steps"], p["batch"], p["eval_n"],
+                           p["train_length"], args.lr)
+            results += rows
+            print(f"{kind:17s} seed={seed} reached T={rows[0]['reached_length']} ({rows[0]['curriculum']}) "
+                  f"loss={rows[0]['final_train_loss']:.3f} train={rows[0]['train_s']:.0f}s  "
+                  + "  ".join(f"T={r['length']}: acc={r['accuracy']:.3f} {r['infer_ms_per_sequence']:.2f}ms/seq" for r in rows),
+                  flush=True)
+        label, name = args.label or ("smoke" if args.smoke else "default"), "slotssm_task"
+    wall = time.time() - t_start
+    summary = summarise(results)
+    seeds = sorted({r["seed"] for r in results})
+    title = (f"{label}: K=4 objects, C=8 colours, {p['steps']} steps x batch {p['batch']}, curriculum T={START_LENGTH}"
+             f"->{max(r['train_length'] for r in results)}, seeds {seeds}, {p['eval_n']} held-out sequences, "
+             f"{wall / 60:.0f} min on {device_name('cpu')}; mean ± s.e.")
+    csv_path = os.path.join(out_dir, f"{name}.csv")
     stamp = {"timestamp": time.strftime("%Y-%m-%dT%H:%M:%S"), "commit": commit(), "device": device_name("cpu"),
-             "torch": torch.__version__, "label": label, "steps": p["steps"], "batch": p["batch"], "lr": args.lr,
+             "torch": torch.__version__, "label": label, "steps": p["steps"], "batch": p["batch"],
              "eval_sequences": p["eval_n"], "wall_s": round(wall, 1)}
-    fields = [*stamp, "model", "dim", "params", "length", "seed", "accuracy", "final_train_loss", "train_s",
-              "train_cpu_s", "infer_ms_per_sequence"]
-    append_csv(csv_path, [{**stamp, **{k: (round(v, 4) if isinstance(v, float) else v) for k, v in r.items()}}
+    fields = [*stamp, "model", "dim", "params", "lr", "train_length", "length", "seed", "accuracy",
+              "infer_ms_per_sequence", "reached_length", "curriculum", "final_train_loss", "train_s", "train_cpu_s"]
+    append_csv(csv_path, [{**stamp, **{k: (round(v, 4) if isinstance(v, float) and k != "lr" else v) for k, v in r.items()}}
                           for r in results], fields)
-    with open(os.path.join(out_dir, "slotssm_task.md"), "w") as f:
+    if args.lr_grid is not None:
+        md = f"{title}\n\n" + grid_markdown(results)
+        print(md)
+        with open(os.path.join(out_dir, f"{name}.md"), "w") as f:
+            f.write(md + "\n")
+        print(f"wrote {csv_path}")
+        return 0
+    md = f"{title}\n\n" + markdown(summary)
+    with open(os.path.join(out_dir, f"{name}.md"), "w") as f:
         f.write(md + "\n")
-    png = plot(summary, os.path.join(out_dir, "slotssm_task.png"), title, chance=1 / 8)
+    png = plot(summary, os.path.join(out_dir, f"{name}.png"), title, chance=1 / 8)
     print(md)
     print(f"wrote {csv_path}, {png}")
     return 0
+
+
+def grid_markdown(rows: list[dict]) -> str:
+    lrs = sorted({r["lr"] for r in rows})
+    lines = ["| model | " + " | ".join(f"lr {lr:g}" for lr in lrs) + " |", "|---|" + "---|" * len(lrs)]
+    for kind in MODELS:
+        by = {r["lr"]: r for r in rows if r["model"] == kind}
+        if by:
+            lines.append(f"| {kind} | " + " | ".join(
+                f"{100 * by[lr]['accuracy']:.1f} (T {by[lr]['reached_length']})" if lr in by else "–" for lr in lrs) + " |")
+    return "\n".join(lines)
 
 
 if __name__ == "__main__":

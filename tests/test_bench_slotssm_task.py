@@ -52,9 +52,9 @@ def test_models_are_causal_and_matched(kind):
     x, q, _ = b.make_batch(3, 12, generator=torch.Generator().manual_seed(1))
     # The answer after frame 8 does not depend on later frames: run on a prefix and compare.
     with torch.no_grad():
-        core_full = model.core(model.embed(x) if kind != "single-state SSM" else model.embed(x.reshape(3, 12, 1, -1)))
+        core_full = model.core(model.embed(x))
         xp = x[:, :8]
-        core_pre = model.core(model.embed(xp) if kind != "single-state SSM" else model.embed(xp.reshape(3, 8, 1, -1)))
+        core_pre = model.core(model.embed(xp))
     torch.testing.assert_close(core_full[:, :8], core_pre, atol=1e-5, rtol=1e-4)
     assert model(x, q).shape == (3, 8)
     if kind == "slot transformer":
@@ -147,3 +147,30 @@ def test_memory_path_at_init_beats_a_plain_mamba_block():
         assert block < 1e-3
         assert ours >= 0.05 and ours >= 100 * block, (seed, ours, block)
         assert _sensitivity(core(False), seed) < 2e-3
+
+
+class _Oracle(torch.nn.Module):
+    """Reads the queried object's colour from frame 0 (where every object is visible)."""
+
+    def __init__(self, k: int = 4, right: bool = True):
+        super().__init__()
+        self.k, self.right = k, right
+        self.bias = torch.nn.Parameter(torch.zeros(8))
+
+    def forward(self, x, q):
+        first = x[:, 0]  # [B, K, F]
+        slot = (first[..., : self.k].argmax(-1) == q[:, None]).float().argmax(-1)
+        colour = first[torch.arange(len(q)), slot, self.k + 1:].argmax(-1)
+        if not self.right:
+            colour = (colour + 1) % 8
+        return 10 * torch.nn.functional.one_hot(colour, 8).float() + self.bias
+
+
+def test_curriculum_doubles_the_length_only_when_the_model_is_right():
+    b = load_bench()
+    tr = b.train_curriculum(_Oracle(), seed=0, steps=100, batch=8, train_length=16, lr=1e-3)
+    # running accuracy 1 - 0.9^n reaches 0.95 after 29 perfect steps, at each length
+    assert tr["curriculum"] == "4@0 8@29 16@58" and tr["reached_length"] == 16
+    tr = b.train_curriculum(_Oracle(right=False), seed=0, steps=60, batch=8, train_length=16, lr=1e-3)
+    assert tr["curriculum"] == "4@0" and tr["reached_length"] == 4
+    assert b.evaluate(_Oracle(), 64, eval_n=16, batch=8)["accuracy"] == 1.0
