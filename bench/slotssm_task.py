@@ -1,6 +1,6 @@
 """SlotSSM in miniature: per-slot states vs one monolithic state on a multi-object long-context task.
 
-    OMP_NUM_THREADS=2 python bench/slotssm_task.py           # default: ~65 CPU-min on one thread (measured); ~43 min with two (estimated)
+    python bench/slotssm_task.py --save                      # default: 3 models x 3 seeds, two runs at a time, one thread each
     python bench/slotssm_task.py --smoke                     # the CI-sized run of the tests
     python bench/slotssm_task.py --lengths 64 256 --seeds 0  # a reduced run
 
@@ -64,7 +64,8 @@ LR = 1e-3
 START_LENGTH, ADVANCE_AT = 4, 0.95
 PRESETS = {
     # default: each (model, seed) trained once, curriculum up to T = 256, evaluated at 64, 256 and 1024
-    "default": dict(lengths=[64, 256, 1024], seeds=[0, 1, 2], steps=1000, batch=32, eval_n=256, train_length=256),
+    # (1,000 steps left T=1024 at 80-87 %, 1,200 steps give the SlotSSM ~700 steps at T = 256)
+    "default": dict(lengths=[64, 256, 1024], seeds=[0, 1, 2], steps=1200, batch=32, eval_n=256, train_length=256),
     "smoke": dict(lengths=[8, 16], seeds=[0, 1], steps=3, batch=4, eval_n=8, train_length=8),
 }
 LR_GRID = dict(lrs=[3e-4, 1e-3, 3e-3], length=64, seed=0)  # --lr-grid: each model, same budget, T = 64
@@ -200,7 +201,7 @@ def matched_dims(slot_dim: int) -> dict:
 
 # ------------------------------------------------------------------------------------------ run
 def train_curriculum(model: nn.Module, seed: int, steps: int, batch: int, train_length: int, lr: float,
-                     start_length: int = START_LENGTH, advance_at: float = ADVANCE_AT) -> dict:
+                     start_length: int = START_LENGTH, advance_at: float = ADVANCE_AT, objects: int = 4) -> dict:
     """Train ``model`` for ``steps`` AdamW steps (constant ``lr``, gradients clipped to norm 1) on
     sequences whose length starts at ``start_length`` and doubles (up to ``train_length``) whenever
     the running accuracy on the training batches (an exponential mean, factor 0.9, restarted at each
@@ -217,7 +218,7 @@ def train_curriculum(model: nn.Module, seed: int, steps: int, batch: int, train_
     model.train()
     loss = torch.tensor(math.nan)
     for step in range(steps):
-        x, q, y = make_batch(batch, length, generator=g)
+        x, q, y = make_batch(batch, length, objects=objects, generator=g)
         logits = model(x, q)
         loss = F.cross_entropy(logits, y)
         opt.zero_grad()
@@ -234,14 +235,14 @@ def train_curriculum(model: nn.Module, seed: int, steps: int, batch: int, train_
 
 
 @torch.no_grad()
-def evaluate(model: nn.Module, length: int, eval_n: int, batch: int) -> dict:
+def evaluate(model: nn.Module, length: int, eval_n: int, batch: int, objects: int = 4) -> dict:
     """Held-out accuracy on ``eval_n`` fixed sequences of ``length`` frames (the same for every model
     and seed) and the inference time per sequence."""
     model.eval()
     ge = torch.Generator().manual_seed(10**6 + length)
     right, infer = 0, 0.0
     for i in range(0, eval_n, batch):
-        x, q, y = make_batch(min(batch, eval_n - i), length, generator=ge)
+        x, q, y = make_batch(min(batch, eval_n - i), length, objects=objects, generator=ge)
         t1 = time.perf_counter()
         pred = model(x, q).argmax(-1)
         infer += time.perf_counter() - t1
@@ -250,14 +251,40 @@ def evaluate(model: nn.Module, length: int, eval_n: int, batch: int) -> dict:
 
 
 def run_one(kind: str, dim: int, lengths: list[int], seed: int, steps: int, batch: int, eval_n: int,
-            train_length: int, lr: float = LR) -> list[dict]:
+            train_length: int, lr: float = LR, objects: int = 4) -> list[dict]:
     """Train one ``kind`` model (curriculum up to ``train_length``), then evaluate it at every length
     in ``lengths``: one row per length."""
     torch.manual_seed(seed)
-    model = TaskModel(kind, dim)
-    tr = train_curriculum(model, seed, steps, batch, train_length, lr)
-    return [{"model": kind, "dim": dim, "params": n_params(model), "length": t, "seed": seed, "lr": lr,
-             "train_length": train_length, **evaluate(model, t, eval_n, batch), **tr} for t in lengths]
+    model = TaskModel(kind, dim, objects=objects)
+    tr = train_curriculum(model, seed, steps, batch, train_length, lr, objects=objects)
+    return [{"model": kind, "dim": dim, "params": n_params(model), "objects": objects, "length": t, "seed": seed,
+             "lr": lr, "train_length": train_length, **evaluate(model, t, eval_n, batch, objects), **tr} for t in lengths]
+
+
+def _run_job(job: tuple) -> list[dict]:
+    """One (model, seed) run in a worker process of ``--jobs``: one thread each, so two runs share a
+    2-core machine without oversubscribing it."""
+    threads, *args = job
+    torch.set_num_threads(threads)
+    return run_one(*args)
+
+
+def run_jobs(jobs: list[tuple], n_jobs: int, threads: int, progress: bool):
+    """Yield ``(job, rows)`` for every ``run_one`` argument tuple in ``jobs``, ``n_jobs`` at a time in
+    spawned worker processes (in this process when ``n_jobs`` is 1), as they finish."""
+    from tqdm import tqdm
+
+    if n_jobs == 1:
+        for job in tqdm(jobs, desc="slotssm task", unit="run", disable=not progress):
+            yield job, run_one(*job)
+        return
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor, as_completed
+
+    with ProcessPoolExecutor(max_workers=n_jobs, mp_context=multiprocessing.get_context("spawn")) as pool:
+        futures = {pool.submit(_run_job, (threads, *job)): job for job in jobs}
+        for fut in tqdm(as_completed(futures), total=len(futures), desc="slotssm task", unit="run", disable=not progress):
+            yield futures[fut], fut.result()
 
 
 def mean_se(values):
@@ -330,14 +357,15 @@ def plot(summary: list[dict], path: str, title: str, chance: float) -> str:
     return path
 
 
-def lr_grid(dims: dict, lrs: list[float], length: int, seed: int, steps: int, batch: int, eval_n: int) -> list[dict]:
+def lr_grid(dims: dict, lrs: list[float], length: int, seed: int, steps: int, batch: int, eval_n: int,
+            objects: int = 4) -> list[dict]:
     """Each model at each lr, one seed, the same curriculum and budget, trained up to and evaluated
     at ``length``: the rows of ``slotssm_lr_grid.csv``."""
     from tqdm import tqdm
 
     rows = []
     for kind, lr in tqdm([(k, lr) for k in MODELS for lr in lrs], desc="lr grid", unit="run"):
-        rows += run_one(kind, dims[kind], [length], seed, steps, batch, eval_n, length, lr)
+        rows += run_one(kind, dims[kind], [length], seed, steps, batch, eval_n, length, lr, objects)
         r = rows[-1]
         print(f"{kind:17s} lr={lr:g} T={length} acc={r['accuracy']:.3f} reached T={r['reached_length']} "
               f"({r['curriculum']}) train={r['train_s']:.0f}s", flush=True)
@@ -359,6 +387,12 @@ def main(argv=None) -> int:
                     help=f"instead of the comparison: every model at each lr (default {' '.join(map(str, LR_GRID['lrs']))}), "
                          f"seed {LR_GRID['seed']}, trained up to and evaluated at T={LR_GRID['length']}, same budget; "
                          "writes slotssm_lr_grid.csv")
+    ap.add_argument("--objects", type=int, default=4,
+                    help="objects per sequence K (default 4; 1 removes the binding problem: a check of the single state)")
+    ap.add_argument("--jobs", type=int, default=min(2, os.cpu_count() or 1),
+                    help="(model, seed) runs trained at the same time, in worker processes of --threads threads each "
+                         "(default min(2, CPUs); 1 runs them one after another in this process)")
+    ap.add_argument("--threads", type=int, default=1, help="torch threads per worker process of --jobs (default 1)")
     ap.add_argument("--dim", type=int, default=32, help="SlotSSM width; the others are matched in parameters (default 32)")
     ap.add_argument("--save", action="store_true", help="write the CSV, table and chart to bench/results/ (else a temp folder)")
     ap.add_argument("--label", help="a label for the CSV rows (default: 'smoke', 'default' or 'lr-grid')")
@@ -376,6 +410,10 @@ def main(argv=None) -> int:
             raise SystemExit(f"error: --{k.replace('_n', '')} must be >= 1, got {p[k]}")
     if args.dim < 4 or args.dim % 4:
         raise SystemExit(f"error: --dim must be a multiple of 4 (>= 4), got {args.dim}")
+    if args.jobs < 1 or args.threads < 1:
+        raise SystemExit(f"error: --jobs and --threads must be >= 1, got --jobs {args.jobs} --threads {args.threads}")
+    if args.objects < 1:
+        raise SystemExit(f"error: --objects must be >= 1, got {args.objects}")
     if not args.lr > 0:
         raise SystemExit(f"error: --lr must be > 0, got {args.lr}")
     from tqdm import tqdm
@@ -390,31 +428,33 @@ def main(argv=None) -> int:
             raise SystemExit(f"error: --lr-grid values must be > 0, got {lrs}")
         length = args.train_length or (p["train_length"] if args.smoke else LR_GRID["length"])
         results = lr_grid(dims, lrs, length, p["seeds"][0] if args.seeds or args.smoke else LR_GRID["seed"],
-                          p["steps"], p["batch"], p["eval_n"])
+                          p["steps"], p["batch"], p["eval_n"], args.objects)
         label, name = args.label or ("smoke" if args.smoke else "lr-grid"), "slotssm_lr_grid"
     else:
-        jobs = [(k, s) for s in p["seeds"] for k in MODELS]
-        results = []
-        for kind, seed in tqdm(jobs, desc="slotssm task", unit="run", disable=args.smoke):
-            rows = run_one(kind, dims[kind], p["lengths"], seed, p["steps"], p["batch"], p["eval_n"],
-                           p["train_length"], args.lr)
-            results += rows
-            print(f"{kind:17s} seed={seed} reached T={rows[0]['reached_length']} ({rows[0]['curriculum']}) "
+        # the long runs first, so that the cheap single-state runs fill the gaps at the end
+        order = sorted(MODELS, key=lambda k: k == "single-state SSM")
+        jobs = [(k, dims[k], p["lengths"], s, p["steps"], p["batch"], p["eval_n"], p["train_length"], args.lr,
+                 args.objects) for k in order for s in p["seeds"]]
+        by_job = {}
+        for job, rows in run_jobs(jobs, min(args.jobs, len(jobs)), args.threads, progress=not args.smoke):
+            by_job[job[0], job[3]] = rows
+            print(f"{job[0]:17s} seed={job[3]} reached T={rows[0]['reached_length']} ({rows[0]['curriculum']}) "
                   f"loss={rows[0]['final_train_loss']:.3f} train={rows[0]['train_s']:.0f}s  "
                   + "  ".join(f"T={r['length']}: acc={r['accuracy']:.3f} {r['infer_ms_per_sequence']:.2f}ms/seq" for r in rows),
                   flush=True)
+        results = [r for s in p["seeds"] for k in MODELS for r in by_job[k, s]]
         label, name = args.label or ("smoke" if args.smoke else "default"), "slotssm_task"
     wall = time.time() - t_start
     summary = summarise(results)
     seeds = sorted({r["seed"] for r in results})
-    title = (f"{label}: K=4 objects, C=8 colours, {p['steps']} steps x batch {p['batch']}, curriculum T={START_LENGTH}"
+    title = (f"{label}: K={args.objects} objects, C=8 colours, {p['steps']} steps x batch {p['batch']}, curriculum T={START_LENGTH}"
              f"->{max(r['train_length'] for r in results)}, seeds {seeds}, {p['eval_n']} held-out sequences, "
              f"{wall / 60:.0f} min on {device_name('cpu')}; mean ± s.e.")
     csv_path = os.path.join(out_dir, f"{name}.csv")
     stamp = {"timestamp": time.strftime("%Y-%m-%dT%H:%M:%S"), "commit": commit(), "device": device_name("cpu"),
              "torch": torch.__version__, "label": label, "steps": p["steps"], "batch": p["batch"],
              "eval_sequences": p["eval_n"], "wall_s": round(wall, 1)}
-    fields = [*stamp, "model", "dim", "params", "lr", "train_length", "length", "seed", "accuracy",
+    fields = [*stamp, "model", "dim", "params", "objects", "lr", "train_length", "length", "seed", "accuracy",
               "infer_ms_per_sequence", "reached_length", "curriculum", "final_train_loss", "train_s", "train_cpu_s"]
     append_csv(csv_path, [{**stamp, **{k: (round(v, 4) if isinstance(v, float) and k != "lr" else v) for k, v in r.items()}}
                           for r in results], fields)
