@@ -144,3 +144,23 @@ def test_evaluate_scores_argmax_masks_like_sklearn():
     assert got["fg_ari"] == pytest.approx(np.nanmean(fg), abs=1e-9)
     assert got["ari"] == pytest.approx(np.mean(full), abs=1e-9)
     assert abs(got["fg_ari_soft"] - got["fg_ari"]) > 1e-6  # an untrained model's soft masks score otherwise
+
+
+def test_presets_set_the_recipe_per_family_and_explicit_settings_win(tmp_path):
+    from slotvlm.discover import PRESETS
+
+    tetro = DiscoverConfig.from_preset("cpu", "tetrominoes", out="x").validate()
+    assert (tetro.enc_layers, tetro.enc_stride, tetro.dec_kernel, tetro.dec_channels, tetro.dec_stride) == (1, 5, 1, 64, 5)
+    assert (tetro.lr, tetro.warmup, tetro.decay_half_life) == (1e-3, 100, None)
+    sprites = DiscoverConfig.from_preset("cpu", "multi_dsprites", out="x").validate()
+    assert (sprites.family, sprites.enc_stride, sprites.dec_stride) == ("multi_dsprites", 4, 4)
+    # the model the preset describes is built with the 7x7 / 16x16 slot-input grids
+    assert SlotAutoencoder(tetro, 35).enc_pos.grid.shape[:2] == (7, 7)
+    assert SlotAutoencoder(sprites, 64).enc_pos.grid.shape[:2] == (16, 16)
+    gpu = DiscoverConfig.from_preset("gpu", "tetrominoes", out="x", slot_dim=None, lr=1e-4)
+    assert (gpu.device, gpu.steps, gpu.slot_dim, gpu.lr, gpu.dec_kernel) == ("cuda", 500_000, 64, 1e-4, 5)
+    assert PRESETS["gpu"]["tetrominoes"]["lr"] == 4e-4  # the override did not leak into the table
+    with pytest.raises(ValueError, match="preset must be one of .*'tpu'"):
+        DiscoverConfig.from_preset("tpu")
+    with pytest.raises(ValueError, match="unknown DiscoverConfig fields \\['slots_dim'\\]"):
+        DiscoverConfig.from_preset("cpu", slots_dim=3)

@@ -1,10 +1,12 @@
 """``slotvlm discover``: train the slot attention autoencoder on procedural multi-object scenes and
 measure whether its slots find the objects (FG-ARI, mBO on held-out scenes). See docs/object_discovery.md.
 
-    slotvlm discover --out runs/tetro                                  # the CPU recipe (Tetrominoes-like)
+    slotvlm discover --out runs/tetro --max-minutes 30                 # the CPU recipe (Tetrominoes-like)
+    slotvlm discover --out runs/tetro_gpu --preset gpu                 # the paper's settings, on cuda
     slotvlm discover --out runs/tetro --resume                         # continue after an interruption
     slotvlm discover --out runs/tetro_pkg --module slot-attention      # the PyPI package in the same harness
-    slotvlm discover --family multi_dsprites --out runs/msp --steps 20000
+    slotvlm discover --family multi_dsprites --out runs/msp --max-minutes 30
+    slotvlm discover --out runs/wide --slot-dim 64 --dec-kernel 5      # any setting overrides the preset
     slotvlm discover ... --csv bench/results/object_discovery.csv --label cpu-recipe   # append the result row
 """
 from __future__ import annotations
@@ -16,50 +18,62 @@ HELP = "object discovery: train a slot attention autoencoder on synthetic scenes
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    from ..discover import DiscoverConfig  # noqa: PLC0415  (light: torch + numpy)
+    from ..discover import PRESETS, DiscoverConfig  # noqa: PLC0415  (light: torch + numpy)
 
     d = DiscoverConfig(out="")
+    cpu = PRESETS["cpu"]["tetrominoes"]
+
+    def default(name: str) -> str:
+        """The help text's default: the CPU preset's value for tetrominoes (where it sets one)."""
+        v = cpu.get(name, getattr(d, name))
+        return f"default: the preset's; cpu on tetrominoes {v}"
+
     parser.formatter_class = argparse.RawDescriptionHelpFormatter
     parser.epilog = __doc__.split("\n", 2)[2]
     parser.add_argument("--out", required=True, help="output folder (config, log.jsonl, checkpoints, figures)")
     parser.add_argument("--family", default=d.family, choices=["tetrominoes", "multi_dsprites"],
                         help="scene family (default tetrominoes: 35×35, 3 pieces; multi_dsprites: 64×64, 2–5 sprites)")
+    parser.add_argument("--preset", default="cpu", choices=sorted(PRESETS),
+                        help="recipe the settings below start from (default cpu: the ablated CPU recipe, ~30 min "
+                             "on one thread; gpu: the Slot Attention paper's settings, --device cuda); "
+                             "docs/object_discovery.md lists both")
     parser.add_argument("--module", default=d.module, choices=["slotvlm", "slot-attention"],
                         help="slot attention implementation: ours (default) or the PyPI slot-attention package")
     parser.add_argument("--backend", default=None, choices=["auto", "torch", "triton"],
                         help="backend of slotvlm.SlotAttention (default: $SLOTVLM_BACKEND, else auto)")
-    parser.add_argument("--steps", type=int, default=d.steps, help=f"optimizer steps (default {d.steps})")
+    parser.add_argument("--steps", type=int, help=f"optimizer steps ({default('steps')})")
     parser.add_argument("--max-minutes", type=float, default=None,
                         help="stop after this much training time (evaluates and saves first)")
-    parser.add_argument("--batch-size", type=int, default=d.batch_size, help=f"scenes per step (default {d.batch_size})")
-    parser.add_argument("--lr", type=float, default=d.lr, help=f"Adam peak learning rate (default {d.lr})")
-    parser.add_argument("--warmup", type=int, default=d.warmup, help=f"linear warm-up steps (default {d.warmup})")
-    parser.add_argument("--decay-half-life", type=int, default=None,
-                        help="after warm-up the lr halves every this many steps (default: constant)")
+    parser.add_argument("--batch-size", type=int, help=f"scenes per step ({default('batch_size')})")
+    parser.add_argument("--lr", type=float, help=f"Adam peak learning rate ({default('lr')})")
+    parser.add_argument("--warmup", type=int, help=f"linear warm-up steps ({default('warmup')})")
+    parser.add_argument("--decay-half-life", type=int,
+                        help="after warm-up the lr halves every this many steps (default: the preset's; cpu: constant)")
     parser.add_argument("--num-slots", type=int, default=None, help="slots (default: max objects + 1)")
-    parser.add_argument("--slot-dim", type=int, default=d.slot_dim, help=f"slot width (default {d.slot_dim})")
-    parser.add_argument("--mlp-hidden", type=int, default=d.mlp_hidden, help=f"MLP hidden width (default {d.mlp_hidden})")
-    parser.add_argument("--iters", type=int, default=d.iters, help=f"slot attention iterations (default {d.iters})")
-    parser.add_argument("--enc-channels", type=int, default=d.enc_channels, help=f"encoder channels (default {d.enc_channels})")
-    parser.add_argument("--enc-layers", type=int, default=d.enc_layers, help=f"encoder conv layers (default {d.enc_layers})")
-    parser.add_argument("--enc-kernel", type=int, default=d.enc_kernel, help=f"encoder kernel size (default {d.enc_kernel})")
-    parser.add_argument("--enc-stride", type=int, default=d.enc_stride,
-                        help=f"stride of the first encoder conv (default {d.enc_stride}; 5 on 35×35 gives 7×7 slot inputs)")
-    parser.add_argument("--dec-channels", type=int, default=d.dec_channels, help=f"decoder channels (default {d.dec_channels})")
-    parser.add_argument("--dec-layers", type=int, default=d.dec_layers, help=f"decoder layers (default {d.dec_layers})")
-    parser.add_argument("--dec-kernel", type=int, default=d.dec_kernel,
-                        help=f"decoder kernel size (default {d.dec_kernel}: a per-pixel MLP; the paper uses 5)")
-    parser.add_argument("--dec-stride", type=int, default=d.dec_stride,
-                        help=f"decode on a (size/stride)² grid, then upsample with a stride-s transposed conv "
-                        f"(default {d.dec_stride}: full resolution)")
+    parser.add_argument("--slot-dim", type=int, help=f"slot width ({default('slot_dim')})")
+    parser.add_argument("--mlp-hidden", type=int, help=f"MLP hidden width ({default('mlp_hidden')})")
+    parser.add_argument("--iters", type=int, help=f"slot attention iterations ({default('iters')})")
+    parser.add_argument("--enc-channels", type=int, help=f"encoder channels ({default('enc_channels')})")
+    parser.add_argument("--enc-layers", type=int, help=f"encoder conv layers ({default('enc_layers')})")
+    parser.add_argument("--enc-kernel", type=int, help=f"encoder kernel size ({default('enc_kernel')})")
+    parser.add_argument("--enc-stride", type=int,
+                        help="stride of the first encoder conv (default: the preset's; cpu: 5 on tetrominoes, "
+                             "35×35 -> 7×7 slot inputs, 4 on multi_dsprites; gpu: 1)")
+    parser.add_argument("--dec-channels", type=int, help=f"decoder channels ({default('dec_channels')})")
+    parser.add_argument("--dec-layers", type=int, help=f"decoder layers ({default('dec_layers')})")
+    parser.add_argument("--dec-kernel", type=int,
+                        help="decoder kernel size (default: the preset's; cpu 1, a per-cell MLP; gpu 5, the paper's)")
+    parser.add_argument("--dec-stride", type=int,
+                        help="decode on a (size/stride)² grid, then upsample with a stride-s transposed conv "
+                             "(default: the preset's; cpu: as --enc-stride; gpu 1, full resolution)")
     parser.add_argument("--seed", type=int, default=d.seed, help="seed of scenes, initialisation and slot noise")
     parser.add_argument("--test-scenes", type=int, default=d.test_scenes, help=f"held-out scenes (default {d.test_scenes})")
-    parser.add_argument("--eval-every", type=int, default=d.eval_every,
-                        help=f"evaluate (and draw a figure) every N steps (default {d.eval_every})")
+    parser.add_argument("--eval-every", type=int,
+                        help=f"evaluate (and draw a figure) every N steps ({default('eval_every')})")
     parser.add_argument("--save-every", type=int, default=None, help="checkpoint every N steps (default: --eval-every)")
     parser.add_argument("--figure-scenes", type=int, default=d.figure_scenes, help="scenes per figure (0: none)")
     parser.add_argument("--resume", action="store_true", help="continue from the latest checkpoint in --out")
-    parser.add_argument("--device", default="cpu", help="torch device (default cpu)")
+    parser.add_argument("--device", help="torch device (default: the preset's; cpu: cpu, gpu: cuda)")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
     parser.add_argument("--csv", default=None, help="append the final result as a row to this CSV")
     parser.add_argument("--label", default="", help="free text for the CSV row's label column (e.g. cpu-recipe)")
@@ -77,8 +91,8 @@ def run(args: argparse.Namespace) -> int:
         torch.set_num_threads(args.threads)
     if args.max_minutes is not None and not args.max_minutes > 0:
         raise ValueError(f"--max-minutes must be > 0, got {args.max_minutes}")
-    cfg = DiscoverConfig(
-        out=args.out, family=args.family, module=args.module, backend=args.backend, steps=args.steps,
+    cfg = DiscoverConfig.from_preset(
+        args.preset, args.family, out=args.out, module=args.module, backend=args.backend, steps=args.steps,
         batch_size=args.batch_size, lr=args.lr, warmup=args.warmup, decay_half_life=args.decay_half_life,
         num_slots=args.num_slots, slot_dim=args.slot_dim, mlp_hidden=args.mlp_hidden, iters=args.iters,
         enc_channels=args.enc_channels, enc_layers=args.enc_layers, enc_kernel=args.enc_kernel,
