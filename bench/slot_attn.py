@@ -16,6 +16,7 @@ Shapes (``--shapes``; bf16 on GPU, K slots, D width, P problems of N tokens):
   vlm-slow          P=320  N=256  D=1024 K=8 hidden=1024   (40 videos x 8 frames, 16x16 tokens)
   vlm-fast          P=640  N=180  D=1024 K=8 hidden=1024   (40 videos x 16 positions, T=180)
   object-discovery  P=64   N=4096 D=64   K=7 hidden=128    (CLEVR-style 64x64 feature maps)
+  video-objects     P=32   N=16384 D=128 K=11 hidden=256   (video object-centric models: 128x128 feature maps)
   vlm-fast-varlen   P=640  N=60..300 (packed, cu_seqlens) D=1024 K=8; eager/compile pad + mask
 
 On a machine without CUDA only the reference providers run (eager, and slot-attention when
@@ -72,12 +73,14 @@ GPU_SHAPES = {
     "vlm-slow": Shape(320, 256, 1024, 8, 1024),
     "vlm-fast": Shape(640, 180, 1024, 8, 1024),
     "object-discovery": Shape(64, 4096, 64, 7, 128),
+    "video-objects": Shape(32, 16384, 128, 11, 256),
     "vlm-fast-varlen": Shape(640, 300, 1024, 8, 1024, varlen=True),
 }
 CPU_SHAPES = {  # the same problems scaled down so the CPU run takes seconds
     "vlm-slow": Shape(16, 64, 128, 8, 128),
     "vlm-fast": Shape(32, 45, 128, 8, 128),
     "object-discovery": Shape(4, 512, 64, 7, 128),
+    "video-objects": Shape(2, 1024, 128, 11, 256),
     "vlm-fast-varlen": Shape(32, 75, 128, 8, 128, varlen=True),
 }
 

@@ -9,6 +9,6 @@ purpose, so a checkout's root on ``sys.path`` never shadows the PyPI package cal
 """
 from __future__ import annotations
 
-from . import layer_norm, slot_attention_deferred
+from . import layer_norm, slot_attention_deferred, slot_iterations
 
-TRAFFIC = {**slot_attention_deferred.TRAFFIC, **layer_norm.TRAFFIC}
+TRAFFIC = {**slot_attention_deferred.TRAFFIC, **layer_norm.TRAFFIC, **slot_iterations.TRAFFIC}

@@ -45,6 +45,7 @@ import slotvlm.kernels.gru as kgru  # noqa: E402
 import slotvlm.kernels.layer_norm as kln  # noqa: E402
 import slotvlm.kernels.slot_attention as ksa  # noqa: E402
 import slotvlm.kernels.slot_attention_deferred as kfold  # noqa: E402
+import slotvlm.kernels.slot_iterations as kiter  # noqa: E402
 
 TARGET = GPUTarget("cuda", 90, 32)
 # sm_90 (H100/H200) per-SM limits for the occupancy column
@@ -60,7 +61,7 @@ def _have_ptxas() -> bool:
 POINTERS = {"den": "fp32", "ws_acc": "fp32", "ws_den": "fp32", "ws_dq": "fp32", "mask": "u8", "cu_seqlens": "i32",
             "bias": "fp32", "dbias": "fp32", "ws_dbias": "fp32", "sd": "fp32", "g": "fp32", "ws_g": "fp32",
             "stats": "fp32", "part": "fp32"}
-FLOATS = {"scale", "eps", "floor"}
+FLOATS = {"scale", "eps", "floor", "ln_eps_in", "ln_eps_s", "ln_eps_f"}
 
 
 def compile_kernel(kernel, dtype: str, constexprs: dict, num_warps: int, num_stages: int = 2):
@@ -187,6 +188,24 @@ def tile_cases() -> list:
             label = f"{kernel.__name__:<22} D={D:<5} M{bm:>3} D{bd:>4} w4"
             cases.append((label, kernel, "bf16", dict(D=D, BLOCK_M=bm, BLOCK_D=bd), 4, 2))
     cases += layer_norm_tile_cases()
+    cases += iteration_tile_cases()
+    return cases
+
+
+# The small-D problems of the whole-iteration kernel (kernels/slot_iterations.py): (name, K, D, hidden).
+ITERATION_SHAPES = [("object-discovery", 7, 64, 128), ("video-objects", 11, 128, 256)]
+
+
+def iteration_tile_cases() -> list:
+    """The whole-iteration kernel at its launcher's GPU tile (64 tokens, 8 warps), bf16 inputs and
+    weights, the gaussian init, no mask."""
+    cases = []
+    for name, K, D, hid in ITERATION_SHAPES:
+        c = dict(K=K, D=D, HID=hid, ITERS=3, HAS_MASK=False, mask=None, INIT=1, BLOCK_K=max(16, triton.next_power_of_2(K)),
+                 BLOCK_D=max(16, triton.next_power_of_2(D)), BLOCK_H=max(16, triton.next_power_of_2(hid)), BLOCK_N=64,
+                 DOT_PREC="tf32")
+        label = f"{kiter._slot_iterations_fwd.fn.__name__:<22} {name:<17} bf16 K={K} D={D:<5} H{hid:>4} N 64 w8"
+        cases.append((label, kiter._slot_iterations_fwd, "bf16", c, 8, 2))
     return cases
 
 

@@ -18,7 +18,11 @@ SCRIPT = Path(__file__).with_name("aot_sm90.py")
 # none. Every tile the launchers can choose was
 # picked from `python tests/aot_sm90.py --tiles` so that it does not (the folded kernels' 32-token
 # forward / scores tiles, the slot-attention forward's (32, 128, 4), the GRU's 1,024-element blocks).
-KNOWN_SPILLS: set[str] = set()
+KNOWN_SPILLS: set[str] = {
+    # the whole-iteration kernel at D = 128 (issue 25): every weight tile of the iteration passes
+    # through registers; 8 warps spill 56 B (4 warps: 624 B). Untuned: no GPU has timed it yet.
+    "_slot_iterations_fwd video-objects bf16 K=11 D=128 H 256 N 64 w8",
+}
 
 
 def _aot():

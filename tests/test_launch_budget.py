@@ -24,10 +24,10 @@ pytest.importorskip("slotvlm.ops.fused")
 
 # (fwd, fwd+bwd) per module call with iters=3 — what the fused design issues (docs/kernels.md)
 BUDGET = {
-    "drop-in": (40, 127),
-    "masked": (40, 127),
-    "varlen": (40, 131),
-    "implicit-grad": (40, 77),
+    "drop-in": (2, 127),  # forward: the slot noise (randn) + the whole-iteration kernel (issue 25)
+    "masked": (2, 127),
+    "varlen": (40, 131),  # packed inputs: the folded path
+    "implicit-grad": (2, 55),  # 2 iterations in the whole-iteration kernel, the last one folded
 }
 # the PyTorch reference counted the same way (for the ratio the issue's targets are stated in)
 REFERENCE = {"drop-in": (94, 306)}
@@ -138,6 +138,8 @@ def test_traffic_model_covers_the_folded_kernels(monkeypatch):
     P, N, D = 3, 20, 32
     x = torch.randn(P, N, D, requires_grad=True)
     SlotAttention(6, D, iters=2, backend="triton")(x).sum().backward()
+    with torch.no_grad():  # inference: the whole-iteration kernel
+        SlotAttention(6, D, iters=2, backend="triton")(x)
     assert set(seen) == set(TRAFFIC)
     x_bytes = P * N * D * 4
     for name, ((read, written, flops), named) in seen.items():
@@ -145,3 +147,5 @@ def test_traffic_model_covers_the_folded_kernels(monkeypatch):
         if name != "_fold_dx_kernel":
             assert read >= x_bytes, name  # streams the (normalised) inputs once
     assert seen["_fold_dx_kernel"][0][1] == x_bytes  # dx written once
+    read, written, _ = seen["_slot_iterations_fwd"][0]
+    assert read >= 2 * x_bytes and written == P * 6 * D * 4  # x once per iteration; the slots once

@@ -6,6 +6,7 @@ names, so its ``state_dict`` loads with ``strict=True`` and gives the same numbe
 from __future__ import annotations
 
 import math
+import os
 
 import torch
 from torch import nn
@@ -15,6 +16,7 @@ from ..backend import FUSED_DTYPES, requested_backend, resolve_backend
 from ..ops.slot_attention_ref import slot_attention_step_ref
 
 INITS = ("gaussian", "learned")
+WHOLE_ITERATION_ENV = "SLOTVLM_WHOLE_ITERATION"  # "0": never use the whole-iteration kernel
 
 
 def _torch_gru(x: torch.Tensor, h: torch.Tensor, cell: nn.GRUCell) -> torch.Tensor:
@@ -85,6 +87,10 @@ class SlotAttention(nn.Module):
     # (see slotvlm.ops.fused.slot_attention_step_projected): k and v are never formed. Set to False
     # (on the class or an instance) to run the kernels on explicit k and v instead.
     fold_projections: bool = True
+    # Where it applies (see _whole_iteration), the one-head triton path runs all iterations in one
+    # launch (slotvlm.kernels.slot_iterations). Set to False (class or instance), or set
+    # $SLOTVLM_WHOLE_ITERATION=0, to keep the folded per-iteration path.
+    whole_iteration: bool = True
 
     def __init__(
         self,
@@ -256,11 +262,25 @@ class SlotAttention(nn.Module):
         b = inputs.shape[0]
         backend = self._backend_for(inputs)
         step, gru = _step_impl(backend)
-        slots = self._start_slots(slots, b, num_slots, inputs, deterministic_init)
-
-        if self._folds(backend):
+        if self._folds(backend) and self._whole_iteration(inputs, num_slots, slots, return_attn):
+            # all iterations in one launch (the init too); under implicit_grad with a graph, all but
+            # the last, which then runs on the folded path (it has a backward)
+            grad = self._needs_graph(inputs, slots)
+            iters = self.iters - 1 if grad else self.iters
+            if iters == 0:
+                slots = self._start_slots(slots, b, num_slots, inputs, deterministic_init)
+            else:
+                init = None if slots is not None else self._kernel_init(b, num_slots, inputs, deterministic_init)
+                slots = self._iterate_whole(inputs, slots, mask, iters, init, num_slots)
+            attn = None
+            if grad:
+                slots, attn = self._iterate_folded(slots.detach(), self._norm_input_folded(inputs), mask, None,
+                                                   inputs.shape[1], return_attn, iters=1)
+        elif self._folds(backend):
+            slots = self._start_slots(slots, b, num_slots, inputs, deterministic_init)
             slots, attn = self._iterate_folded(slots, self._norm_input_folded(inputs), mask, None, inputs.shape[1], return_attn)
         else:
+            slots = self._start_slots(slots, b, num_slots, inputs, deterministic_init)
             attend = self._attender(backend, step, self.norm_input(inputs), mask=mask)
             slots, attn = self._iterate(slots, attend, gru, return_attn)
         if return_attn:
@@ -280,12 +300,13 @@ class SlotAttention(nn.Module):
 
         return lambda q, want_attn: _step_varlen(q, k, v, cu_seqlens, max_seqlen, return_attn=want_attn, **kw)
 
-    def _run_iterations(self, iterate, slots, return_attn):
-        """``iters`` calls of ``iterate(slots, want_attn) -> (slots, attn)``; with implicit_grad all
-        but the last without a graph and the slots detached before the last."""
+    def _run_iterations(self, iterate, slots, return_attn, iters=None):
+        """``iters`` (default ``self.iters``) calls of ``iterate(slots, want_attn) -> (slots, attn)``;
+        with implicit_grad all but the last without a graph and the slots detached before the last."""
         attn = None
-        for it in range(self.iters):
-            last = it == self.iters - 1
+        iters = self.iters if iters is None else iters
+        for it in range(iters):
+            last = it == iters - 1
             if self.implicit_grad and not last:
                 with torch.no_grad():
                     slots, _ = iterate(slots, False)
@@ -297,6 +318,74 @@ class SlotAttention(nn.Module):
 
     def _folds(self, backend: str) -> bool:
         return backend == "triton" and self.combine_heads is None and self.fold_projections
+
+    def _needs_graph(self, inputs: torch.Tensor, slots: torch.Tensor | None) -> bool:
+        """Whether this call must record autograd history (grad mode on and something requires grad)."""
+        if not torch.is_grad_enabled():
+            return False
+        return (inputs.requires_grad or (slots is not None and slots.requires_grad)
+                or any(p.requires_grad for p in self.parameters()))
+
+    def _whole_iteration(self, inputs: torch.Tensor, num_slots: int, slots: torch.Tensor | None, return_attn: bool) -> bool:
+        """Whether this call runs on the whole-iteration kernel (``slotvlm.kernels.slot_iterations``).
+
+        The rule (``docs/kernels.md``): the one-head triton path (``_folds``), ``whole_iteration`` not
+        switched off (the attribute, or ``$SLOTVLM_WHOLE_ITERATION=0``), D <= 128, K <= 16, MLP hidden
+        <= 512, no ``return_attn``, the standard submodules (three affine LayerNorms over
+        ``dim``, ``Linear`` q/k/v and MLP with biases, a ``GRUCell`` with biases), and no autograd graph
+        needed — or ``implicit_grad=True``, whose iterations before the last need none (the last then
+        runs on the folded path, which has a backward).
+        """
+        if not self.whole_iteration or os.environ.get(WHOLE_ITERATION_ENV, "1") == "0" or return_attn:
+            return False
+        from ..kernels.slot_iterations import MAX_D, MAX_HIDDEN, MAX_K  # noqa: PLC0415
+
+        d, mlp1, mlp2 = self.dim, self.mlp[0], self.mlp[-1]
+        if d > MAX_D or num_slots > MAX_K:
+            return False
+        if not (isinstance(self.mlp, nn.Sequential) and len(self.mlp) == 3 and isinstance(mlp1, nn.Linear)
+                and isinstance(self.mlp[1], nn.ReLU) and isinstance(mlp2, nn.Linear) and mlp1.out_features <= MAX_HIDDEN):
+            return False
+        norms = (self.norm_input, self.norm_slots, self.norm_pre_ff)
+        if not all(isinstance(m, nn.LayerNorm) and tuple(m.normalized_shape) == (d,) and m.weight is not None
+                   and m.bias is not None for m in norms):
+            return False
+        linears = (self.to_q, self.to_k, self.to_v, mlp1, mlp2)
+        if not all(isinstance(m, nn.Linear) and m.bias is not None for m in linears) or self.gru.bias_ih is None:
+            return False
+        return self.implicit_grad or not self._needs_graph(inputs, slots)
+
+    def _kernel_init(self, batch: int, num_slots: int, inputs: torch.Tensor, deterministic_init) -> tuple:
+        """The ``init`` argument of ``slot_iterations`` equivalent to :meth:`initial_slots` (the same
+        noise: one ``randn`` of the same shape, drawn at the same point of the call)."""
+        if self.init == "learned":
+            return ("table", self.slots_init.detach())
+        if deterministic_init is None:
+            deterministic_init = self.deterministic_init
+        mu = self.slots_mu.detach().reshape(-1)
+        if deterministic_init:
+            return ("table", mu)
+        noise = torch.randn((batch, num_slots, self.dim), device=inputs.device, dtype=inputs.dtype)
+        return ("gaussian", mu, self.slots_logsigma.detach().reshape(-1), noise)
+
+    def _iterate_whole(self, inputs, slots, mask, iters: int, init, num_slots: int) -> torch.Tensor:
+        """``iters`` iterations in one launch of the whole-iteration kernel, without a graph; the
+        slots start from ``slots`` or, when None, from ``init`` (see :meth:`_kernel_init`)."""
+        from ..kernels.slot_iterations import slot_iterations  # noqa: PLC0415
+
+        c = lambda t: t.detach().contiguous()  # noqa: E731  (no copy for nn.Linear's own weights)
+        ln = lambda m: (c(m.weight), c(m.bias), m.eps)  # noqa: E731
+        lin = lambda m: (c(m.weight), c(m.bias))  # noqa: E731
+        g = self.gru
+        params = dict(ln_in=ln(self.norm_input), ln_s=ln(self.norm_slots), ln_f=ln(self.norm_pre_ff),
+                      q=lin(self.to_q), k=lin(self.to_k), v=lin(self.to_v), mlp1=lin(self.mlp[0]), mlp2=lin(self.mlp[-1]),
+                      gru=(c(g.weight_ih), c(g.weight_hh), c(g.bias_ih), c(g.bias_hh)))
+        dev = inputs.device.type
+        # under autocast the result has autocast's dtype, as the per-op path's would (the arithmetic is fp32)
+        out_dtype = torch.get_autocast_dtype(dev) if torch.is_autocast_enabled(dev) else None
+        with torch.no_grad():
+            return slot_iterations(inputs.detach(), None if slots is None else slots.detach(), mask, params, iters=iters,
+                                   scale=self.scale, eps=self.eps, init=init, num_slots=num_slots, out_dtype=out_dtype)
 
     def _norm_input_folded(self, inputs: torch.Tensor) -> torch.Tensor:
         """The input LayerNorm of the folded path (``[B, N, dim]`` or packed ``[T, dim]``), written
@@ -323,7 +412,7 @@ class SlotAttention(nn.Module):
             return ln(inputs)
         return _layer_norm(inputs, ln.weight, ln.bias, ln.eps, dtype)
 
-    def _iterate_folded(self, slots, x, mask, cu_seqlens, max_seqlen, return_attn):
+    def _iterate_folded(self, slots, x, mask, cu_seqlens, max_seqlen, return_attn, iters=None):
         """The refinement loop of the one-head triton path, with the projections folded.
 
         Once per forward: x (the normalised inputs, already in the compute dtype when they come
@@ -384,7 +473,7 @@ class SlotAttention(nn.Module):
             new = new + linear("mlp2", linear("mlp1", self.norm_pre_ff(new), relu=True))
             return new.view(b, num_slots, d), attn
 
-        return self._run_iterations(iterate, slots, return_attn)
+        return self._run_iterations(iterate, slots, return_attn, iters)
 
     def _iterate(self, slots, attend, gru, return_attn):
         """The refinement loop shared by :meth:`forward` and :meth:`forward_varlen`.

@@ -1,0 +1,113 @@
+"""The whole-iteration kernel (kernels/slot_iterations.py, Triton interpreter, fp32) against the
+PyTorch reference module, and the rule by which SlotAttention dispatches to it."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+import slotvlm.kernels.slot_iterations as si
+from slotvlm import SlotAttention
+
+
+def _pair(k, d, hidden, iters=3, init="gaussian", **kw):
+    fused = SlotAttention(k, d, iters=iters, hidden_dim=hidden, init=init, backend="triton", **kw)
+    ref = SlotAttention(k, d, iters=iters, hidden_dim=hidden, init=init, backend="torch", **kw)
+    ref.load_state_dict(fused.state_dict())
+    return fused, ref
+
+
+@pytest.fixture
+def launches(monkeypatch):
+    """The ``iters`` of every whole-iteration launch made while the test runs."""
+    calls = []
+    real = si.slot_iterations
+
+    def spy(*args, **kwargs):
+        calls.append(kwargs["iters"])
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(si, "slot_iterations", spy)
+    return calls
+
+
+# (B, N, D, K, hidden, masked): K = 1, odd N, N not a multiple of the 64-token tile, B = 1, D not a
+# power of two, hidden wider than D, an all-padding row
+SHAPES = [(2, 37, 32, 4, 64, False), (3, 130, 64, 7, 128, True), (1, 5, 20, 1, 20, False), (2, 64, 16, 16, 16, True),
+          (1, 1, 8, 3, 8, True)]
+
+
+@pytest.mark.parametrize("b,n,d,k,hidden,masked", SHAPES)
+def test_no_grad_forward_matches_the_reference_in_one_launch(b, n, d, k, hidden, masked, launches):
+    fused, ref = _pair(k, d, hidden)
+    x = torch.randn(b, n, d)
+    mask = None
+    if masked:
+        mask = torch.rand(b, n) > 0.3
+        mask[0] = False  # an all-padding row: updates 0, never NaN
+    with torch.no_grad():
+        torch.manual_seed(1)
+        out = fused(x, mask=mask)
+        torch.manual_seed(1)  # the same slot noise: one randn of the same shape at the same point
+        want = ref(x, mask=mask)
+    assert launches == [3]
+    assert torch.isfinite(out).all()
+    torch.testing.assert_close(out, want, rtol=1e-5, atol=2e-5)
+
+
+@pytest.mark.parametrize("init,deterministic", [("gaussian", True), ("learned", False)])
+def test_table_inits_and_given_slots(init, deterministic, launches):
+    fused, ref = _pair(5, 24, 48, init=init)
+    x = torch.randn(3, 50, 24)
+    with torch.no_grad():
+        torch.testing.assert_close(fused(x, deterministic_init=deterministic), ref(x, deterministic_init=deterministic),
+                                   rtol=1e-5, atol=2e-5)
+        start = torch.randn(3, 6, 24)  # given slots, a K other than the module's
+        if init == "gaussian":
+            torch.testing.assert_close(fused(x, slots=start), ref(x, slots=start), rtol=1e-5, atol=2e-5)
+            torch.manual_seed(2)
+            a = fused(x, num_slots=2)
+            torch.manual_seed(2)
+            torch.testing.assert_close(a, ref(x, num_slots=2), rtol=1e-5, atol=2e-5)
+    assert launches == [3] * (3 if init == "gaussian" else 1)
+
+
+def test_implicit_grad_runs_all_but_the_last_iteration_in_the_kernel(launches):
+    fused, ref = _pair(4, 32, 64, iters=4, implicit_grad=True)
+    x = torch.randn(2, 45, 32)
+    mask = torch.rand(2, 45) > 0.2
+    xa, xb = x.clone().requires_grad_(), x.clone().requires_grad_()
+    torch.manual_seed(3)
+    a = fused(xa, mask=mask)
+    torch.manual_seed(3)
+    b = ref(xb, mask=mask)
+    assert launches == [3]
+    torch.testing.assert_close(a, b, rtol=1e-5, atol=2e-5)
+    r = torch.randn_like(a)
+    (a * r).sum().backward()
+    (b * r).sum().backward()
+    torch.testing.assert_close(xa.grad, xb.grad, rtol=1e-4, atol=1e-5)
+    for (name, p), q in zip(fused.named_parameters(), ref.parameters()):
+        if q.grad is None:
+            assert p.grad is None, name
+        else:
+            torch.testing.assert_close(p.grad, q.grad, rtol=1e-4, atol=1e-5, msg=name)
+
+
+def test_where_it_does_not_apply_the_folded_path_runs(launches, monkeypatch):
+    x = torch.randn(2, 20, 32)
+    fused, ref = _pair(4, 32, 64)
+    fused(x.requires_grad_())  # a graph is needed and implicit_grad is off: exact unrolled backward
+    with torch.no_grad():
+        _, attn = fused(x, return_attn=True)  # attention maps are asked for
+        wide = SlotAttention(4, 160, backend="triton")
+        wide(torch.randn(1, 8, 160))  # D > 128
+        SlotAttention(17, 32, backend="triton")(x)  # K > 16
+        fused.whole_iteration = False
+        fused(x)
+        fused.whole_iteration = True
+        monkeypatch.setenv("SLOTVLM_WHOLE_ITERATION", "0")
+        fused(x)
+        monkeypatch.delenv("SLOTVLM_WHOLE_ITERATION")
+        fused(x)
+    assert attn.shape == (2, 4, 20)
+    assert launches == [3]  # only the last call
