@@ -138,6 +138,21 @@ def test_fused_forward_backward_never_reads_values(heads, masked, implicit_grad,
     assert _syncs(step) == {}
 
 
+@pytest.mark.parametrize("heads", [1, 2])
+def test_attention_maps_never_read_values(heads):
+    """return_attn=True (the maps reach the loss too) is as capture-safe as the slots alone."""
+    torch.manual_seed(0)
+    m = SlotAttention(5, 32, heads=heads, backend="triton")
+    x = torch.randn(2, 37, 32, requires_grad=True)
+
+    def step():
+        slots, attn = m(x, return_attn=True)
+        (slots.sum() + attn.square().sum()).backward()
+
+    step()
+    assert _syncs(step) == {}
+
+
 def test_varlen_with_max_seqlen_is_sync_free_while_capturing(monkeypatch):
     """forward_varlen reads cu_seqlens once to check it (a host sync) — except while a CUDA graph
     is captured or torch.compile traces, where it must not (then max_seqlen is required)."""
