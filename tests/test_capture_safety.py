@@ -177,10 +177,21 @@ def test_varlen_with_max_seqlen_is_sync_free_while_capturing(monkeypatch):
     torch.testing.assert_close(got["out"], want, rtol=0, atol=0)
 
 
-_NEEDS_CUDA = pytest.mark.skipif(
-    not torch.cuda.is_available(),
-    reason="CUDA graphs need a CUDA GPU; the call's capture safety is checked on CPU by the tests above",
+def _interpreted() -> bool:
+    from slotvlm.kernels.slot_attention import _INTERPRET  # noqa: PLC0415  (fixed when triton decorated them)
+
+    return _INTERPRET
+
+
+_SKIP_NO_GPU = pytest.mark.skipif(
+    not torch.cuda.is_available() or _interpreted(),
+    reason="CUDA graphs need a CUDA GPU and compiled kernels (TRITON_INTERPRET=0); the call's capture "
+    "safety is checked on CPU by the tests above",
 )
+
+
+def _NEEDS_CUDA(fn):
+    return pytest.mark.cuda(_SKIP_NO_GPU(fn))  # -m cuda: picked up by bench/gpu_check.py
 
 
 def _graph_case(heads: int):
