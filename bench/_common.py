@@ -6,6 +6,7 @@ outside the checkout, ``$SLOTVLM_BENCH_DIR`` or ``<system temp>/slotvlm-bench``,
 leaves no untracked file. ``--csv FILE`` names the file explicitly; ``--no-csv`` writes nothing."""
 from __future__ import annotations
 
+import contextlib
 import csv
 import os
 import re
@@ -138,3 +139,30 @@ def append_csv(path, rows: list[dict], fields: list[str]) -> Path:
             writer.writerows(old_rows)
         writer.writerows(rows)
     return path
+
+
+@contextlib.contextmanager
+def triton_run_replaced(run):
+    """Replace Triton's launch entry points (``JITFunction.run`` and, when importable,
+    ``InterpretedFunction.run``: what ``kernel[grid](...)`` ends in, below ``@triton.heuristics``)
+    by ``run(jit, *args, **kwargs)`` for the duration, restoring them afterwards."""
+    from triton.runtime.jit import JITFunction
+
+    classes = [JITFunction]
+    try:
+        from triton.runtime.interpreter import InterpretedFunction
+
+        classes.append(InterpretedFunction)
+    except ImportError:  # pragma: no cover
+        pass
+    saved = [(c, c.__dict__.get("run")) for c in classes]
+    for c in classes:
+        c.run = run
+    try:
+        yield
+    finally:
+        for c, old in saved:
+            if old is None:
+                del c.run
+            else:
+                c.run = old

@@ -72,7 +72,7 @@ sys.path.insert(0, str(ROOT / "bench"))
 import torch  # noqa: E402
 from torch.utils._python_dispatch import TorchDispatchMode  # noqa: E402
 
-from _common import add_output_args, append_rows, commit, triton_version  # noqa: E402
+from _common import add_output_args, append_rows, commit, triton_run_replaced, triton_version  # noqa: E402
 
 # ------------------------------------------------------------------------ the model's constants
 #: Everything the time model assumes, in one place (printed with every run).
@@ -300,28 +300,12 @@ def _recording_run(self, *args, grid=None, warmup=False, **kwargs):
 @contextlib.contextmanager
 def recording_triton(mode: CountingMode):
     """Replace the Triton launch entry points by the recorder for the duration."""
-    from triton.runtime.jit import JITFunction
-
-    classes = [JITFunction]
-    try:
-        from triton.runtime.interpreter import InterpretedFunction
-
-        classes.append(InterpretedFunction)
-    except ImportError:  # pragma: no cover
-        pass
-    saved = [(c, c.__dict__.get("run")) for c in classes]
-    for c in classes:
-        c.run = _recording_run
     _RECORDING.append(mode)
     try:
-        yield
+        with triton_run_replaced(_recording_run):
+            yield
     finally:
         _RECORDING.pop()
-        for c, run in saved:
-            if run is None:
-                del c.run
-            else:
-                c.run = run
 
 
 def triton_traffic(jit, grid, args) -> tuple[int, int, int, str]:

@@ -16,6 +16,8 @@ part of ``dh``. Math in fp32 whatever the storage dtype. σ and tanh are written
 """
 from __future__ import annotations
 
+import functools
+
 import torch
 import triton
 import triton.language as tl
@@ -94,11 +96,17 @@ def _blocks(M: int, D: int) -> tuple[int, int]:
     return block_m, block_d
 
 
+@functools.lru_cache(maxsize=512)
+def _plan(M: int, D: int) -> tuple[int, int, tuple[int, int]]:
+    """(BLOCK_M, BLOCK_D, grid), once per shape (a repeated call only launches)."""
+    bm, bd = _blocks(M, D)
+    return bm, bd, (-(-M // bm), -(-D // bd))
+
+
 def _run(kernel, *tensors, M: int, D: int):
     if M == 0:
         return
-    bm, bd = _blocks(M, D)
-    grid = (triton.cdiv(M, bm), triton.cdiv(D, bd))
+    bm, bd, grid = _plan(M, D)
     kernel[grid](*tensors, M, D=D, BLOCK_M=bm, BLOCK_D=bd, num_warps=4)
 
 

@@ -107,13 +107,34 @@ def _valid_tokens(mask, i_p, s_mp, o_n, m_n, HAS_MASK: tl.constexpr):
     return m_n
 
 
+class _ArgFlags(triton.runtime.autotuner.Heuristics):
+    """``triton.heuristics`` for flags that say whether an argument is None, without its per-launch
+    cost: Triton's ``Heuristics.run`` builds a dict of all (30-odd) arguments for every flag on every
+    launch (~10 µs of host time per launch); here each flag's argument position is found once, at
+    decoration, and a launch reads only those arguments. ``values`` stays the rule table (what
+    ``triton.heuristics`` would hold), so tools that read it see the same thing."""
+
+    def __init__(self, fn, rules: dict):
+        # rules: {flag: (argument name, True = flag set when the argument is given)}
+        values = {flag: (lambda args, name=name, given=given: (args[name] is not None) == given)
+                  for flag, (name, given) in rules.items()}
+        super().__init__(fn, fn.arg_names, values)
+        self._fast = tuple((flag, name, fn.arg_names.index(name), given) for flag, (name, given) in rules.items())
+
+    def run(self, *args, **kwargs):
+        n = len(args)
+        for flag, name, i, given in self._fast:
+            kwargs[flag] = ((args[i] if i < n else kwargs.get(name)) is not None) == given
+        return self.fn.run(*args, **kwargs)
+
+
 def arg_flags(given: dict | None = None, missing: dict | None = None):
     """``@triton.heuristics`` for a kernel's optional pointer arguments: each constexpr flag in
     ``given`` (``{flag: argument name}``) is True when that argument was passed (not None), each in
-    ``missing`` when it was left out (None)."""
-    rules = {flag: (lambda args, name=name: args[name] is not None) for flag, name in (given or {}).items()}
-    rules.update({flag: (lambda args, name=name: args[name] is None) for flag, name in (missing or {}).items()})
-    return triton.heuristics(rules)
+    ``missing`` when it was left out (None). Resolved by argument position (:class:`_ArgFlags`)."""
+    rules = {flag: (name, True) for flag, name in (given or {}).items()}
+    rules.update({flag: (name, False) for flag, name in (missing or {}).items()})
+    return lambda fn: _ArgFlags(fn, rules)
 
 
 @arg_flags(dict(HAS_MASK="mask", IS_VARLEN="cu_seqlens", STORE_ATTN="attn", HAS_BIAS="bias"),

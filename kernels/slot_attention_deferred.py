@@ -30,6 +30,8 @@ problem p = p·N + n (padded) or cu[p] + n. Tokens: ``tok_s [rows, 2, BLOCK_K]``
 """
 from __future__ import annotations
 
+import functools
+
 import torch
 import triton
 import triton.language as tl
@@ -309,6 +311,43 @@ def token_shapes(x: torch.Tensor, cu_seqlens, P: int, K: int) -> tuple[tuple, tu
     return (rows, 2, _block_k(K)), (P, 2, K, x.shape[-1])
 
 
+def _cdiv(a: int, b: int) -> int:
+    return -(-a // b)  # host arithmetic: triton.cdiv is a constexpr function, ~2 µs per host call
+
+
+def _key_tiles(tiles):
+    return None if tiles is None else tuple(tiles)
+
+
+# Launch plans: everything a launcher derives from (shapes, dtype, device, overrides) alone — tiles,
+# N splits, grids — computed once per shape and cached, so a repeated call (every iteration, every
+# step at a static shape) only allocates its outputs and launches. Keys are plain ints, torch
+# dtypes/devices and tuples; a few hundred shapes at most in any real run.
+@functools.lru_cache(maxsize=512)
+def _fwd_plan(P: int, K: int, D: int, max_n: int, device: torch.device, dtype: torch.dtype, n_split, tiles):
+    """(BLOCK_N, BLOCK_D, num_warps, num_stages, S, grid, N_PER_SPLIT, BLOCK_K, DOT_PREC) of fold_fwd."""
+    bn, bd, warps, stages = _tile(tiles, D, device, "fwd")
+    S = n_split if n_split is not None else _n_split(P, max_n, device)
+    return bn, bd, warps, stages, S, (P * _cdiv(D, bd), S), _cdiv(max(max_n, 1), S), _block_k(K), _dot_prec(dtype)
+
+
+@functools.lru_cache(maxsize=512)
+def _bwd_plan(P: int, K: int, D: int, max_n: int, device: torch.device, dtype: torch.dtype, n_split, tiles):
+    """(S, N_PER_SPLIT, BLOCK_K, DOT_PREC, scores tile, scores grid, dq tile, dq grid) of fold_bwd."""
+    S = n_split if n_split is not None else _n_split(P, max_n, device)
+    t_s = _tile(tiles, D, device, "scores")
+    t_q = _tile(tiles, D, device, "dq")
+    return S, _cdiv(max(max_n, 1), S), _block_k(K), _dot_prec(dtype), t_s, (P, S), t_q, (P, _cdiv(D, t_q[1]))
+
+
+@functools.lru_cache(maxsize=512)
+def _dx_plan(P: int, D: int, max_n: int, device: torch.device, dtype: torch.dtype, tiles):
+    """(BLOCK_N, BLOCK_D, num_warps, num_stages, N_TILES, grid, DOT_PREC) of fold_dx."""
+    bn, bd, warps, stages = _tile(tiles, D, device, "dx")
+    n_tiles = _cdiv(max(max_n, 1), bn)
+    return bn, bd, warps, stages, n_tiles, (P * n_tiles, _cdiv(D, bd)), _dot_prec(dtype)
+
+
 def fold_fwd(qc, x, mask, cu_seqlens, max_seqlen, *, scale: float, eps: float, return_attn: bool = False,
              n_split=None, tiles=None):
     """Forward of the folded step. ``qc [P, K, D + 1]``: the slot queries q' in columns ``:D`` and the
@@ -318,8 +357,8 @@ def fold_fwd(qc, x, mask, cu_seqlens, max_seqlen, *, scale: float, eps: float, r
     override the launcher's choice (the tests reach the GPU's N-split and D-chunk paths with them)."""
     P, K, D = qc.shape[0], qc.shape[1], qc.shape[2] - 1
     N, max_n, s_xp, s_xn = _seq(x, cu_seqlens, max_seqlen)
-    bn, bd, warps, stages = _tile(tiles, D, x.device, "fwd")
-    S = n_split if n_split is not None else _n_split(P, max_n, x.device)
+    bn, bd, warps, stages, S, grid, n_per_split, BK, prec = _fwd_plan(
+        P, K, D, max_n, x.device, x.dtype, n_split, _key_tiles(tiles))
     out = torch.empty((P, K, D + 1), device=x.device, dtype=x.dtype)
     den = torch.empty((P, K), device=x.device, dtype=torch.float32)
     attn = None
@@ -332,13 +371,13 @@ def fold_fwd(qc, x, mask, cu_seqlens, max_seqlen, *, scale: float, eps: float, r
         ws_den = torch.empty((S, P, K), device=x.device, dtype=torch.float32)
     mask = None if mask is None else mask.view(torch.uint8)
     if P > 0:
-        _fold_fwd_kernel[(P * triton.cdiv(D, bd), S)](
+        _fold_fwd_kernel[grid](
             x, qc, qc[..., D], mask, cu_seqlens, out, den, attn, ws_acc, ws_den,
-            scale=float(scale), eps=float(eps), floor=DENOM_FLOOR, N=N, N_PER_SPLIT=triton.cdiv(max(max_n, 1), S),
+            scale=float(scale), eps=float(eps), floor=DENOM_FLOOR, N=N, N_PER_SPLIT=n_per_split,
             s_xp=s_xp, s_xn=s_xn, s_qp=qc.stride(0), s_qk=qc.stride(1),
             s_mp=mask.stride(0) if mask is not None else 0, s_op=out.stride(0), s_ok=out.stride(1),
             s_ap=s_a[0], s_ak=s_a[1],
-            K=K, D=D, BLOCK_K=_block_k(K), BLOCK_N=bn, BLOCK_D=bd, DOT_PREC=_dot_prec(x.dtype), num_warps=warps,
+            K=K, D=D, BLOCK_K=BK, BLOCK_N=bn, BLOCK_D=bd, DOT_PREC=prec, num_warps=warps,
             num_stages=stages,
         )
     if S > 1:
@@ -359,31 +398,31 @@ def fold_bwd(qc, x, mask, cu_seqlens, max_seqlen, den, dout, dattn, *, scale: fl
     dq' and, in column D, dc —, tok_s, tok_q)``.
     """
     P, K, D = qc.shape[0], qc.shape[1], qc.shape[2] - 1
-    BK = _block_k(K)
     N, max_n, s_xp, s_xn = _seq(x, cu_seqlens, max_seqlen)
+    S, n_per_split, BK, prec, t_s, grid_s, t_q, grid_q = _bwd_plan(
+        P, K, D, max_n, x.device, x.dtype, n_split, _key_tiles(tiles))
     shape_s, shape_q = token_shapes(x, cu_seqlens, P, K)
     sd = torch.empty(shape_s, device=x.device, dtype=torch.float32)
     tok_s = (torch.zeros if cu_seqlens is not None else torch.empty)(shape_s, device=x.device, dtype=x.dtype)
-    S = n_split if n_split is not None else _n_split(P, max_n, x.device)
     ws_g = torch.empty((S, P, BK), device=x.device, dtype=torch.float32)
     dqc = torch.empty((P, K, D + 1), device=x.device, dtype=qc.dtype)
     tok_q = torch.empty(shape_q, device=x.device, dtype=x.dtype)
     mask = None if mask is None else mask.view(torch.uint8)
     common = dict(mask=mask, cu_seqlens=cu_seqlens, scale=float(scale), eps=float(eps), floor=DENOM_FLOOR,
                   s_xp=s_xp, s_xn=s_xn, s_mp=mask.stride(0) if mask is not None else 0,
-                  K=K, D=D, BLOCK_K=BK, DOT_PREC=_dot_prec(x.dtype))
-    bn, bd, warps, stages = _tile(tiles, D, x.device, "scores")
+                  K=K, D=D, BLOCK_K=BK, DOT_PREC=prec)
+    bn, bd, warps, stages = t_s
     if P > 0:
-        _fold_scores_bwd_kernel[(P, S)](
-            x, qc, dout, bias=qc[..., D], den=den, sd=sd, ws_g=ws_g, N=N, N_PER_SPLIT=triton.cdiv(max(max_n, 1), S),
+        _fold_scores_bwd_kernel[grid_s](
+            x, qc, dout, bias=qc[..., D], den=den, sd=sd, ws_g=ws_g, N=N, N_PER_SPLIT=n_per_split,
             s_qp=qc.stride(0), s_qk=qc.stride(1), s_dup=dout.stride(0), s_duk=dout.stride(1),
             BLOCK_N=bn, BLOCK_D=bd, num_warps=warps, num_stages=stages, **common
         )
     g = ws_g[0] if S == 1 else ws_g.sum(0)
     s_a = (0, 0) if dattn is None else ((dattn.stride(0), dattn.stride(2)) if cu_seqlens is None else (0, dattn.stride(1)))
-    bn, bd, warps, stages = _tile(tiles, D, x.device, "dq")
+    bn, bd, warps, stages = t_q
     if P > 0:
-        _fold_dq_bwd_kernel[(P, triton.cdiv(D, bd))](
+        _fold_dq_bwd_kernel[grid_q](
             x, qc, dout, sd, g, den, dattn, dq=dqc, dbias=dqc[..., D], tok_s=tok_s, tok_q=tok_q, N=N,
             MAX_N=max(max_n, 1), s_ap=s_a[0], s_ak=s_a[1], s_dqp=dqc.stride(0), s_dqk=dqc.stride(1),
             s_qp=qc.stride(0), s_qk=qc.stride(1), s_dup=dout.stride(0), s_duk=dout.stride(1),
@@ -397,14 +436,13 @@ def fold_dx(tok_s: torch.Tensor, tok_q: torch.Tensor, x: torch.Tensor, cu_seqlen
     (``tok_s [I, rows, 2, BLOCK_K]``, ``tok_q [I, P, 2, K, D]``): ``dx`` shaped like x, written once."""
     I, P, _, K, D = tok_q.shape
     N, max_n, s_xp, s_xn = _seq(x, cu_seqlens, max_seqlen)
-    bn, bd, warps, stages = _tile(tiles, D, x.device, "dx")
+    bn, bd, warps, stages, n_tiles, grid, prec = _dx_plan(P, D, max_n, x.device, x.dtype, _key_tiles(tiles))
     dx = torch.zeros_like(x) if cu_seqlens is not None else torch.empty_like(x)
-    n_tiles = triton.cdiv(max(max_n, 1), bn)
     if P > 0 and I > 0:
-        _fold_dx_kernel[(P * n_tiles, triton.cdiv(D, bd))](
+        _fold_dx_kernel[grid](
             tok_s, tok_q, cu_seqlens, dx, N=N, ITERS=I, N_TILES=n_tiles,
             s_si=tok_s.stride(0), s_qi=tok_q.stride(0), s_xp=s_xp, s_xn=s_xn,
-            K=K, D=D, BLOCK_K=tok_s.shape[-1], BLOCK_N=bn, BLOCK_D=bd, DOT_PREC=_dot_prec(x.dtype), num_warps=warps,
+            K=K, D=D, BLOCK_K=tok_s.shape[-1], BLOCK_N=bn, BLOCK_D=bd, DOT_PREC=prec, num_warps=warps,
             num_stages=stages,
         )
     elif I == 0:

@@ -45,8 +45,39 @@ def m():
     ],
 )
 def test_forward_errors(m, call, match):
-    with pytest.raises(ValueError, match=match):
+    m(torch.randn(2, 4, 8), mask=torch.ones(2, 4, dtype=torch.bool))  # a checked call is remembered (issue 25)...
+    with pytest.raises(ValueError, match=match):  # ...and a bad one still raises
         call(m)
+
+
+def test_checks_run_once_per_call_signature(m, monkeypatch):
+    """forward's argument checks and backend choice run once per (shapes, dtypes, devices, flags,
+    settings, environment) and are skipped on a repeat; anything in that signature re-checks."""
+    seen = []
+    check = SlotAttention._check_forward
+    monkeypatch.setattr(SlotAttention, "_check_forward", lambda self, *a: seen.append(1) or check(self, *a))
+    x = torch.randn(2, 4, 8)
+    for _ in range(3):
+        m(x)
+    assert len(seen) == 1
+    m(torch.randn(2, 5, 8))
+    m(x, num_slots=2)
+    assert len(seen) == 3
+    with pytest.raises(ValueError, match="num_slots must be a positive int, got True"):
+        m(x, num_slots=True)  # not the cached num_slots=1 entry (True == 1)
+    m.double()
+    with pytest.raises(ValueError, match="inputs have dtype torch.float32 but the module's parameters are torch.float64"):
+        m(x)
+    m.float()
+    m(x)
+    monkeypatch.setenv("SLOTVLM_BACKEND", "fast")
+    m.backend = None
+    with pytest.raises(ValueError, match="environment variable SLOTVLM_BACKEND must be one of"):
+        m(x)
+    monkeypatch.setenv("TRITON_INTERPRET", "0")
+    m.backend = "triton"
+    with pytest.raises(ValueError, match="TRITON_INTERPRET=1"):
+        m(x)
 
 
 def test_backend_env_var(monkeypatch):

@@ -491,3 +491,18 @@ def test_kernels_compile_for_h100_without_a_gpu():
         pytest.skip("this Triton build cannot target NVIDIA GPUs")
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-4000:]
     assert proc.stdout.count("compiled") == 12
+
+
+def test_launch_plans_once_per_shape():
+    """The folded path's launchers derive tiles, splits and grids once per shape (issue 25): a
+    repeated fwd+bwd at a static shape adds no plan-cache miss, a new shape adds its own."""
+    torch.manual_seed(0)
+    m = SlotAttention(3, 16, backend="triton")
+    x = torch.randn(2, 11, 16, requires_grad=True)
+    plans = (ksd._fwd_plan, ksd._bwd_plan, ksd._dx_plan, kgru._plan)
+    m(x).sum().backward()
+    misses = [p.cache_info().misses for p in plans]
+    m(x).sum().backward()
+    assert [p.cache_info().misses for p in plans] == misses
+    m(torch.randn(2, 13, 16, requires_grad=True)).sum().backward()
+    assert [p.cache_info().misses for p in plans][:3] == [n + 1 for n in misses[:3]]

@@ -12,7 +12,7 @@ import torch
 from torch import nn
 
 from .._checks import check_choice, check_cu_seqlens, check_positive_int, check_tensor, describe
-from ..backend import FUSED_DTYPES, requested_backend, resolve_backend
+from ..backend import ENV_VAR, FUSED_DTYPES, requested_backend, resolve_backend
 from ..ops.slot_attention_ref import slot_attention_step_ref
 
 INITS = ("gaussian", "learned")
@@ -231,6 +231,51 @@ class SlotAttention(nn.Module):
                     f"the other (module.to({t.dtype}) or {name}.to({param.dtype})), or run under torch.autocast"
                 )
 
+    #: how many distinct call signatures :meth:`_checked_call` remembers per module (then it starts over)
+    _CHECKED_MAX = 64
+
+    def _call_key(self, inputs, num_slots, mask, slots):
+        """Everything :meth:`forward`'s argument checks and backend choice depend on — shapes,
+        dtypes, devices, flags, the module's settings, the environment switches —, or None when an
+        argument is not of a kind the key can describe (then the checks run and raise as usual)."""
+        if not isinstance(inputs, torch.Tensor) or (num_slots is not None and type(num_slots) is not int):
+            return None
+        meta = []
+        for t in (mask, slots):
+            if t is None:
+                meta.append(None)
+            elif isinstance(t, torch.Tensor):
+                meta.append((t.shape, t.dtype, t.device))
+            else:
+                return None
+        param = next(iter(self._parameters.values()), None) if self._parameters else None
+        if param is None:
+            param = next(self.parameters(), None)
+        dev = inputs.device
+        return (
+            inputs.shape, inputs.dtype, dev, num_slots, *meta,
+            None if param is None else param.dtype, torch.is_autocast_enabled(dev.type),
+            self.backend, self.num_slots, self.dim, self.init,
+            os.environ.get(ENV_VAR), os.environ.get("TRITON_INTERPRET"),
+        )
+
+    def _checked_call(self, inputs, num_slots, mask, slots) -> tuple[int, str]:
+        """``(num_slots, backend)`` for a :meth:`forward` call, its argument checks run once per
+        call signature (:meth:`_call_key`): a repeated call at a static shape skips them. Not
+        cached while torch.compile traces (the checks are then traced once anyway)."""
+        key = None if torch.compiler.is_compiling() else self._call_key(inputs, num_slots, mask, slots)
+        cache = self.__dict__.get("_checked")
+        if key is not None and cache is not None and key in cache:
+            return cache[key]
+        num_slots = self._check_forward(inputs, num_slots, mask, slots)
+        self._check_dtypes_and_slots(inputs, slots)
+        result = num_slots, self._backend_for(inputs)
+        if key is not None:
+            if cache is None or len(cache) >= self._CHECKED_MAX:
+                cache = self.__dict__["_checked"] = {}
+            cache[key] = result
+        return result
+
     # ------------------------------------------------------------------ forward
     def forward(
         self,
@@ -257,10 +302,8 @@ class SlotAttention(nn.Module):
         Returns:
             slots ``[B, K, dim]``, or ``(slots, attn)`` with ``return_attn=True``.
         """
-        num_slots = self._check_forward(inputs, num_slots, mask, slots)
-        self._check_dtypes_and_slots(inputs, slots)
+        num_slots, backend = self._checked_call(inputs, num_slots, mask, slots)
         b = inputs.shape[0]
-        backend = self._backend_for(inputs)
         step, gru = _step_impl(backend)
         if self._folds(backend) and self._whole_iteration(inputs, num_slots, slots, return_attn):
             # all iterations in one launch (the init too); under implicit_grad with a graph, all but
