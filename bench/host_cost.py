@@ -19,7 +19,9 @@ decides the time (issue 25). This script measures that work on the CPU, without 
   shape; it is one aten op's host cost on a GPU. The other aten ops touch only ``[B, K, D]``-sized
   tensors (and the weights), whose CPU compute is small but still included: the numbers are an
   upper bound on the host cost of those ops.
-* Paths timed: ``module_fwd`` (``m(x)`` under ``torch.no_grad``), ``module_fwd_bwd``
+* Paths timed: ``module_fwd`` (``m(x)`` under ``torch.no_grad``; with the Identity input norm the
+  whole-iteration kernel does not apply, so this is the folded path), ``module_fwd_whole`` (the
+  same call with the module's own LayerNorm: the whole-iteration kernel, 2 launches), ``module_fwd_bwd``
   (``m(x).sum().backward()`` with x and the parameters requiring grad), ``custom_op`` (one
   ``slotvlm::slot_attn_fold_fwd`` call through :func:`slotvlm.ops.fused.fold_step`, no grad: the
   custom-op dispatch + entry guard + launcher), and ``aten_add`` (``torch.add`` of two ``[8]``
@@ -58,7 +60,7 @@ SHAPES = {  # name: (B, N, D, K, iters)
     "object-discovery": (64, 4096, 64, 7, 3),
     "tiny": (2, 16, 16, 3, 3),
 }
-PATHS = ("module_fwd", "module_fwd_bwd", "custom_op", "aten_add")
+PATHS = ("module_fwd", "module_fwd_whole", "module_fwd_bwd", "custom_op", "aten_add")
 COLUMNS = ["timestamp", "commit", "device", "torch", "shape", "path", "us_per_call", "p20_us", "p80_us", "calls",
            "note"]
 
@@ -99,9 +101,15 @@ def make_calls(shape: str) -> dict:
     qc = torch.randn(B, K, D + 1)
     a, b = torch.randn(8), torch.randn(8)
 
+    whole = SlotAttention(K, D, iters=iters, backend="triton")  # its LayerNorm runs inside the (stubbed) kernel
+
     def fwd():
         with torch.no_grad():
             m(x)
+
+    def fwd_whole():
+        with torch.no_grad():
+            whole(x)
 
     def fwd_bwd():
         m(xg).sum().backward()
@@ -113,7 +121,7 @@ def make_calls(shape: str) -> dict:
         with torch.no_grad():
             fold_step(qc, x, None, None, N, D**-0.5, 1e-8, False)
 
-    return {"module_fwd": fwd, "module_fwd_bwd": fwd_bwd, "custom_op": custom_op, "aten_add": lambda: torch.add(a, b)}
+    return {"module_fwd": fwd, "module_fwd_whole": fwd_whole, "module_fwd_bwd": fwd_bwd, "custom_op": custom_op, "aten_add": lambda: torch.add(a, b)}
 
 
 def main(argv=None) -> int:

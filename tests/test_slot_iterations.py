@@ -111,3 +111,15 @@ def test_where_it_does_not_apply_the_folded_path_runs(launches, monkeypatch):
         fused(x)
     assert attn.shape == (2, 4, 20)
     assert launches == [3]  # only the last call
+
+
+def test_torch_compile_traces_the_folded_path_under_no_grad(launches):
+    torch._dynamo.reset()
+    fused, ref = _pair(4, 16, 32, iters=2, deterministic_init=True)
+    compiled = torch.compile(fused, fullgraph=True, backend="aot_eager")
+    x = torch.randn(2, 11, 16)
+    with torch.no_grad():
+        torch.testing.assert_close(compiled(x), ref(x), rtol=1e-5, atol=2e-5)
+        assert launches == []  # traced: the custom-op path
+        fused(x)  # eager: the kernel
+    assert launches == [2]

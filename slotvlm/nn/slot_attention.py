@@ -377,9 +377,11 @@ class SlotAttention(nn.Module):
         <= 512, no ``return_attn``, the standard submodules (three affine LayerNorms over
         ``dim``, ``Linear`` q/k/v and MLP with biases, a ``GRUCell`` with biases), and no autograd graph
         needed — or ``implicit_grad=True``, whose iterations before the last need none (the last then
-        runs on the folded path, which has a backward).
+        runs on the folded path, which has a backward). Not while ``torch.compile`` traces.
         """
         if not self.whole_iteration or os.environ.get(WHOLE_ITERATION_ENV, "1") == "0" or return_attn:
+            return False
+        if torch.compiler.is_compiling():  # the kernel is a bare Triton launch, not a custom op: compile traces the folded path
             return False
         from ..kernels.slot_iterations import MAX_D, MAX_HIDDEN, MAX_K  # noqa: PLC0415
 
