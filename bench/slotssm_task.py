@@ -381,6 +381,33 @@ def lr_grid(dims: dict, lrs: list[float], length: int, seed: int, steps: int, ba
     return rows
 
 
+def step_times(dim: int, lengths: list[int], batch: int, repeats: int = 5) -> list[dict]:
+    """Wall time of one training step (forward, backward, clip, AdamW) of the SlotSSM at each length:
+    the median of ``repeats`` steps after one warm-up step; ``ms_per_frame`` = that / T. The scan
+    path must be linear in T (issue 23: it was quadratic through per-frame slices)."""
+    import statistics
+
+    rows = []
+    for t in lengths:
+        torch.manual_seed(0)
+        model = TaskModel("SlotSSM", dim)
+        opt = torch.optim.AdamW(model.parameters(), lr=LR)
+        x, q, y = make_batch(batch, t, generator=torch.Generator().manual_seed(t))
+        times = []
+        for _ in range(repeats + 1):
+            t0 = time.perf_counter()
+            loss = F.cross_entropy(model(x, q), y)
+            opt.zero_grad()
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+            opt.step()
+            times.append(time.perf_counter() - t0)
+        ms = 1e3 * statistics.median(times[1:])
+        rows.append({"length": t, "batch": batch, "ms_per_step": round(ms, 1), "ms_per_frame": round(ms / t, 3)})
+        print(f"T={t:5d}: {ms:8.1f} ms/step  {ms / t:.3f} ms/frame", flush=True)
+    return rows
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], epilog=__doc__.split("\n\n", 1)[1],
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -398,6 +425,9 @@ def main(argv=None) -> int:
                     help=f"instead of the comparison: every model at each lr (default {' '.join(map(str, LR_GRID['lrs']))}), "
                          f"seed {LR_GRID['seed']}, trained up to and evaluated at T={LR_GRID['length']}, same budget; "
                          "writes slotssm_lr_grid.csv")
+    ap.add_argument("--step-times", action="store_true",
+                    help="instead: time one SlotSSM training step at each --lengths (default 64 256 1024) and print "
+                         "ms per step and per frame (linear in T = constant per frame)")
     ap.add_argument("--objects", type=int, default=4,
                     help="objects per sequence K (default 4; 1 removes the binding problem: a check of the single state)")
     ap.add_argument("--jobs", type=int,
@@ -433,6 +463,11 @@ def main(argv=None) -> int:
         raise SystemExit(f"error: --decay must be in [0, 1], got {args.decay}")
     from tqdm import tqdm
 
+    if args.step_times:
+        rows = step_times(args.dim, p["lengths"], p["batch"], repeats=2 if args.smoke else 5)
+        per = [r["ms_per_frame"] for r in rows]
+        print(f"per-frame time, longest / shortest length: {per[-1] / per[0]:.2f}x (1.00 = linear in T)")
+        return 0
     dims = matched_dims(args.dim)
     out_dir = os.path.join(ROOT, "bench", "results") if args.save else tempfile.mkdtemp(prefix="slotssm_task_")
     os.makedirs(out_dir, exist_ok=True)

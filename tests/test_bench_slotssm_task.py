@@ -174,3 +174,11 @@ def test_curriculum_doubles_the_length_only_when_the_model_is_right():
     tr = b.train_curriculum(_Oracle(right=False), seed=0, steps=60, batch=8, train_length=16, lr=1e-3)
     assert tr["curriculum"] == "4@0" and tr["reached_length"] == 4
     assert b.evaluate(_Oracle(), 64, eval_n=16, batch=8)["accuracy"] == 1.0
+
+
+def test_step_times_prints_per_frame_times(capsys):
+    b = load_bench()
+    assert b.main(["--step-times", "--smoke"]) == 0
+    out = capsys.readouterr().out
+    assert re.search(r"T=\s+8:\s+[\d.]+ ms/step\s+[\d.]+ ms/frame", out) and re.search(r"T=\s+16:", out)
+    assert "per-frame time, longest / shortest length:" in out
