@@ -362,12 +362,14 @@ def plot(summary: list[dict], path: str, title: str, chance: float) -> str:
         ax.set_xscale("log", base=2)
         ax.set_xlabel("sequence length T (frames)")
     a1.set_ylabel("held-out accuracy (%)")
-    a1.set_ylim(0, 100)
+    a1.set_ylim(0, 105)
     a2.set_ylabel("inference ms per sequence (CPU)")
     a2.set_yscale("log")
-    a1.legend(fontsize=7)
+    a1.legend(fontsize=7, loc="center right")
     a2.legend(fontsize=7)
-    fig.suptitle(title, fontsize=8)
+    import textwrap
+
+    fig.suptitle(textwrap.fill(title, 130), fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=90)
     plt.close(fig)
