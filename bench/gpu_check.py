@@ -73,7 +73,7 @@ def _steps(args, out: Path) -> list[dict]:
     else:
         bench_args, traffic_args = [], []
         compile_args = ["--shapes", "vlm-slow", "vlm-fast", "object-discovery", "--modes", "fwd+bwd"]
-    steps.append(dict(name="bench", cmd=bench + bench_args + ["--providers", "slotvlm", "eager", "slot-attention"],
+    steps.append(dict(name="bench", cmd=bench + bench_args + ["--providers", "slotvlm", "slotvlm-folded", "eager", "slot-attention"],
                       cap=bench_cap, log="bench.log", env=gpu_env))
     steps.append(dict(name="compile", cmd=bench + compile_args + ["--providers", "eager", "compile", "--compile-mode",
                                                                    args.compile_mode],

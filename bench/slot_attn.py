@@ -45,7 +45,9 @@ import torch  # noqa: E402
 sys.path.insert(0, str(ROOT / "bench"))
 from _common import add_output_args, append_rows, commit, device_name, time_cpu, time_gpu, triton_version  # noqa: E402
 PROVIDERS = ("slotvlm", "eager", "compile", "slot-attention")
-EXTRA_PROVIDERS = ("slotvlm-kv",)  # on request: the Triton step on explicit k/v (no projection folding)
+# on request: slotvlm-kv, the Triton step on explicit k/v (no projection folding); slotvlm-folded, the
+# folded per-iteration path where the whole-iteration kernel would run (fwd at D <= 128), beside it
+EXTRA_PROVIDERS = ("slotvlm-kv", "slotvlm-folded")
 MODES = ("fwd", "fwd+bwd", "step-fwd", "step-fwd+bwd")
 ITERS = 3
 COMPILE_MODE = "max-autotune"  # --compile-mode; rows of another mode name the provider compile:<mode>
@@ -166,6 +168,8 @@ def _inputs(shape: Shape, device, dtype):
 
 
 def _module_case(shape, provider, mode, device, dtype):
+    if provider == "slotvlm-folded" and (mode != "fwd" or shape.D > 128 or shape.varlen):
+        raise Skip("slotvlm-folded differs from slotvlm only in the no-graph forward at D <= 128 (the whole-iteration kernel)")
     x, mask, packed, cu = _inputs(shape, device, dtype)
     if provider == "slot-attention":
         try:
@@ -183,6 +187,8 @@ def _module_case(shape, provider, mode, device, dtype):
         model = _module(shape, backend, device, dtype)
         if provider == "slotvlm-kv":
             model.fold_projections = False
+        if provider == "slotvlm-folded":
+            model.whole_iteration = False
         if provider == "compile":
             model = torch.compile(model, mode=COMPILE_MODE)
         if provider.startswith("slotvlm") and shape.varlen:
@@ -213,8 +219,8 @@ def _step_case(shape, provider, mode, device, dtype):
 
     if provider == "slot-attention":
         raise Skip("the slot-attention package has no separate attention step")
-    if provider == "slotvlm-kv":
-        raise Skip("the step modes of provider slotvlm already run on explicit k/v")
+    if provider in ("slotvlm-kv", "slotvlm-folded"):
+        raise Skip(f"the step modes are the same for {provider} as for slotvlm")
     g = torch.Generator().manual_seed(2)
     x, mask, packed, cu = _inputs(shape, device, dtype)
     P, K, D = shape.P, shape.K, shape.D
@@ -299,7 +305,8 @@ def parse_args(argv=None):
     p.add_argument("--modes", nargs="+", default=list(MODES), choices=MODES, help="what to time")
     p.add_argument(
         "--providers", nargs="+", default=list(PROVIDERS), choices=PROVIDERS + EXTRA_PROVIDERS,
-        help="implementations (slotvlm-kv, on request: module modes without projection folding)",
+        help="implementations (on request: slotvlm-kv, module modes without projection folding; slotvlm-folded, "
+             "the folded per-iteration path where the whole-iteration kernel would run)",
     )
     p.add_argument("--dtype", default=None, choices=("bf16", "fp16", "fp32"), help="default: bf16 on GPU, fp32 on CPU")
     p.add_argument("--device", default=None, help="default: cuda if available, else cpu")
