@@ -62,10 +62,14 @@ def make_tiny_clip(directory, seed: int = 0, full: bool = False, **overrides) ->
     return directory
 
 
-def make_tiny_tokenizer(directory=None, vocab_size: int = 400, chat_template: str | None = None):
+def make_tiny_tokenizer(directory=None, vocab_size: int = 400, chat_template: str | None = None,
+                        corpus: list[str] | None = None):
     """A byte-level BPE tokenizer trained with ``tokenizers`` on a small corpus, wrapped as a
     ``PreTrainedTokenizerFast`` with LLaMA's special tokens (``<s>`` prepended by default) and,
-    when given, a jinja ``chat_template`` (e.g. :data:`TINY_CHAT_TEMPLATE`)."""
+    when given, a jinja ``chat_template`` (e.g. :data:`TINY_CHAT_TEMPLATE`).
+
+    ``corpus`` (sentences) is added to the built-in one: with a ``vocab_size`` large enough for it,
+    every word of it becomes one token (bench/table2.py's reader uses the synthetic scenes' words)."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers  # noqa: PLC0415
     from transformers import PreTrainedTokenizerFast  # noqa: PLC0415
 
@@ -74,7 +78,7 @@ def make_tiny_tokenizer(directory=None, vocab_size: int = 400, chat_template: st
     tok.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=SPECIAL_TOKENS,
                                   initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
-    tok.train_from_iterator(_CORPUS, trainer=trainer)
+    tok.train_from_iterator(_CORPUS + list(corpus or []), trainer=trainer)
     tok.post_processor = processors.TemplateProcessing(single="<s> $A", pair="<s> $A <s> $B",
                                                        special_tokens=[("<s>", tok.token_to_id("<s>"))])
     fast = PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="<unk>", bos_token="<s>", eos_token="</s>",
@@ -86,13 +90,15 @@ def make_tiny_tokenizer(directory=None, vocab_size: int = 400, chat_template: st
     return fast
 
 
-def make_tiny_llm(directory, seed: int = 0, chat_template: str | None = None, **overrides) -> str:
-    """A random ``LlamaForCausalLM`` (width 64, 2 layers) and its tokenizer (with ``chat_template``
-    when given) saved to ``directory``."""
+def make_tiny_llm(directory, seed: int = 0, chat_template: str | None = None, corpus: list[str] | None = None,
+                  vocab_size: int = 400, **overrides) -> str:
+    """A random ``LlamaForCausalLM`` (width 64, 2 layers; ``overrides`` are ``LlamaConfig`` fields) and
+    its tokenizer (:func:`make_tiny_tokenizer` with ``chat_template``, ``corpus``, ``vocab_size``)
+    saved to ``directory``."""
     from transformers import LlamaConfig, LlamaForCausalLM  # noqa: PLC0415
 
     directory = str(directory)
-    tok = make_tiny_tokenizer(directory, chat_template=chat_template)
+    tok = make_tiny_tokenizer(directory, vocab_size=vocab_size, chat_template=chat_template, corpus=corpus)
     cfg = LlamaConfig(vocab_size=len(tok), bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id,
                       pad_token_id=tok.pad_token_id, **{**TINY_LLAMA, **overrides})
     with torch.random.fork_rng(devices=[]):

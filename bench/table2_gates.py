@@ -1,0 +1,279 @@
+"""The two calibration gates of the Table-2 miniature (issue 26): can the reader read, do the features carry the answers?
+
+    OMP_NUM_THREADS=1 python bench/table2_gates.py --save      # default; see docs/training.md for times
+    python bench/table2_gates.py --smoke                        # the CI-sized run of the tests (< 1 min)
+
+bench/table2.py compares connectors by how well a frozen tiny LLM answers from their tokens. That
+comparison means something only if (1) the same LLM, given the *true* written description of the
+test video where the video tokens go, answers nearly every held-out question ("reader gate", target
+>= 90 %), and (2) the frozen visual features hold what the questions ask ("feature gate", target
+>= 90 % per attribute). This script measures both, on the same synthetic data as bench/table2.py
+(``slotvlm synth``, seed 0) and the same frozen tiny CLIP.
+
+Reader gate. A random tiny LLaMA whose tokenizer is trained on the synthetic scenes' words (each
+colour, shape, direction and number is one token), taught as text to answer from a description:
+``USER: <description> <question> ASSISTANT: <answer></s>`` (Vicuna v1 template, loss on the answer
+tokens), on descriptions of ``--text-scenes`` freshly drawn scenes (``synth.make_scene``, a seed of
+their own: text only, no video is rendered, no test scene is used), AdamW with linear warm-up and
+decay, gradient clipping 1. Scored: greedy answers to the held-out questions of bench/table2.py's
+test videos, given each video's true description; exact match per question type.
+
+Feature gate. Probes on the frozen per-frame features of the cache (``slow``: ``[8, G, G, C]``):
+a token-wise MLP, max-pooled over the G×G positions, then a linear classifier; trained on the
+training videos, scored on the held-out ones. Attributes: the colour and the shape of the first
+object (frame 0, where it is alone), the number of objects at the end (last frame) and the first
+object's direction of motion (frames 0 and 1, token-wise concatenated).
+
+Rows go to table2_gates.{csv,md} in bench/results/ with ``--save``, else a temporary folder.
+"""
+from __future__ import annotations
+
+import argparse
+import collections
+import json
+import os
+import sys
+import tempfile
+import time
+from dataclasses import asdict
+
+import numpy as np
+import torch
+
+BENCH = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.path.dirname(BENCH)
+sys.path[:0] = [ROOT, BENCH]
+
+from _common import append_csv, commit, device_name  # noqa: E402
+from train_synth import caption, caption_accuracy  # noqa: E402
+
+from slotvlm.data import synth  # noqa: E402
+from slotvlm.data.features import FeatureCache, extract  # noqa: E402
+
+TYPES = ("count", "colour", "shape", "direction", "order", "after")
+ATTRIBUTES = ("colour", "shape", "count", "direction")
+PRESETS = {
+    # videos, seconds, reader: fresh text scenes, steps, layers, width, lr; probe steps
+    "default": dict(videos=300, seconds=8.0, text_scenes=5000, text_steps=8000, layers=4, width=128, lr=2e-3,
+                    probe_steps=1500),
+    "smoke": dict(videos=10, seconds=3.0, text_scenes=20, text_steps=3, layers=1, width=32, lr=2e-3, probe_steps=3),
+}
+TEXT_SEED = 12345  # the reader's text scenes: a generator of their own, never the test videos'
+
+
+# ------------------------------------------------------------------------------------------- reader
+def reader_corpus(scenes) -> list[str]:
+    """Sentences the reader's tokenizer is trained on: descriptions, questions and answers of
+    ``scenes``, and the chat template's system prompt."""
+    from slotvlm.conversation import get_template
+
+    out = [get_template("vicuna_v1").prompt("")]
+    for s in scenes:
+        out.append(caption(asdict(s)))
+        out += [f"{q} {a}" for _, q, a in synth.questions_for(s)]
+    return out
+
+
+def text_scenes(n: int, seconds: float, seed: int = TEXT_SEED) -> list:
+    """``n`` random scenes (``synth.make_scene``) drawn from their own generator."""
+    rng = np.random.default_rng(seed)
+    return [synth.make_scene(rng, f"v_text{i:06d}", seconds, 112) for i in range(n)]
+
+
+def fit_reader(out: str, scenes, steps: int, layers: int, width: int, lr: float, seed: int = 0,
+               batch_size: int = 32, progress: bool = True, log=None) -> str:
+    """Build the reader in ``out`` (tokenizer on :func:`reader_corpus`, random LLaMA ``layers`` ×
+    ``width``) and teach it to answer every question of ``scenes`` from their descriptions."""
+    from tqdm import tqdm
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from slotvlm.conversation import VIDEO_TOKEN, get_template
+    from slotvlm.testing import make_tiny_llm
+
+    corpus = reader_corpus(scenes[:300])
+    make_tiny_llm(out, seed=seed, corpus=corpus, vocab_size=1000, hidden_size=width, intermediate_size=2 * width,
+                  num_hidden_layers=layers)
+    tok = AutoTokenizer.from_pretrained(out)
+    llm = AutoModelForCausalLM.from_pretrained(out)
+    conv = get_template("vicuna_v1")
+    seqs = []
+    for s in scenes:
+        desc = caption(asdict(s))
+        for _, q, a in synth.questions_for(s):
+            p = tok(conv.prompt(q).replace(VIDEO_TOKEN, desc)).input_ids
+            t = tok(a, add_special_tokens=False).input_ids + [tok.eos_token_id]
+            seqs.append((p + t, [-100] * len(p) + t))
+    g = torch.Generator().manual_seed(seed)
+    opt = torch.optim.AdamW(llm.parameters(), lr=lr)
+    warm = max(1, min(50, steps // 10))
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / warm) * max(0.05, 1 - s / steps))
+    llm.train()
+    bar = tqdm(range(steps), desc="reader", unit="step", disable=not progress)
+    for step in bar:
+        idx = torch.randint(len(seqs), (batch_size,), generator=g).tolist()
+        n = max(len(seqs[i][0]) for i in idx)
+        ids = torch.full((batch_size, n), tok.pad_token_id)
+        lab = torch.full((batch_size, n), -100)
+        att = torch.zeros(batch_size, n, dtype=torch.long)
+        for j, i in enumerate(idx):
+            s, lb = seqs[i]
+            ids[j, : len(s)], lab[j, : len(lb)], att[j, : len(s)] = torch.tensor(s), torch.tensor(lb), 1
+        loss = llm(input_ids=ids, attention_mask=att, labels=lab).loss
+        opt.zero_grad()
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(llm.parameters(), 1.0)
+        opt.step()
+        sched.step()
+        if step % 100 == 0:
+            bar.set_postfix(loss=f"{loss.item():.3f}")
+        if log is not None and (step % 1000 == 0 or step == steps - 1):
+            log(step, loss.item())
+    llm.save_pretrained(out)
+    tok.save_pretrained(out)
+    return out
+
+
+def read_descriptions(llm_dir: str, data: str) -> dict:
+    """Greedy answers of the reader in ``llm_dir`` to the held-out questions of ``data``, each given
+    its video's true description (bench/train_synth.py's ceiling): ``{question_id: correct}``."""
+    caps = {sc["video_id"]: caption(sc) for sc in json.load(open(os.path.join(data, "meta.json")))["scenes"]}
+    return caption_accuracy(llm_dir, caps, os.path.join(data, "qa"), per_question=True)[1]
+
+
+def by_type(hits: dict, data: str) -> dict:
+    """Accuracy overall (``all``) and per report type of ``{question_id: correct}``."""
+    kinds = {a["question_id"]: a["kind"] for a in json.load(open(os.path.join(data, "qa", "test_a.json")))}
+    groups = collections.defaultdict(list)
+    for qid, ok in hits.items():
+        groups["all"].append(ok)
+        groups[synth.REPORT_TYPE[kinds[qid]]].append(ok)
+    return {k: sum(v) / len(v) for k, v in groups.items()}
+
+
+# ------------------------------------------------------------------------------------------- probes
+def probe_targets(data: str, cache: str) -> tuple[dict, dict, int]:
+    """Per video: the probes' inputs ``{attribute: [V, G*G, C or 2C]}`` and labels ``{attribute: [V]}``;
+    and the number of training videos (the first ones)."""
+    meta = json.load(open(os.path.join(data, "meta.json")))
+    fc = FeatureCache(cache)
+    f0, f1, fl, y = [], [], [], {a: [] for a in ATTRIBUTES}
+    for sd in meta["scenes"]:
+        s = synth.scene_from_dict(sd)
+        slow = fc.load(s.video_id)["slow"].float()  # [8, G, G, C]
+        f0.append(slow[0].flatten(0, 1))
+        f1.append(slow[1].flatten(0, 1))
+        fl.append(slow[-1].flatten(0, 1))
+        first = min(s.objects, key=lambda o: o.appear)
+        y["colour"].append(list(synth.COLOURS).index(first.colour_at(0.0)))
+        y["shape"].append(synth.SHAPES.index(first.shape))
+        y["direction"].append(list(synth.DIRECTIONS).index(first.direction))
+        y["count"].append(len(s.objects))
+    f0, f1, fl = torch.stack(f0), torch.stack(f1), torch.stack(fl)
+    n_train = meta["train_videos"]
+    mu, sd = f0[:n_train].mean((0, 1)), f0[:n_train].std((0, 1)) + 1e-5
+    z = lambda x: (x - mu) / sd  # noqa: E731
+    x = {"colour": z(f0), "shape": z(f0), "count": z(fl), "direction": torch.cat([z(f0), z(f1)], -1)}
+    return x, {a: torch.tensor(v) for a, v in y.items()}, n_train
+
+
+def probe(x: torch.Tensor, y: torch.Tensor, n_train: int, steps: int, seed: int = 0) -> tuple[float, float]:
+    """Train the token-wise-MLP + max-pool + linear probe on the first ``n_train`` rows of ``x
+    [V, P, C]`` / ``y [V]``; (train accuracy, held-out accuracy)."""
+    torch.manual_seed(seed)
+    classes = int(y.max()) + 1
+    net = torch.nn.Sequential(torch.nn.Linear(x.shape[-1], 128), torch.nn.GELU(), torch.nn.Linear(128, 128))
+    head = torch.nn.Linear(128, classes)
+    opt = torch.optim.AdamW([*net.parameters(), *head.parameters()], lr=1e-3, weight_decay=1e-2)
+    f = lambda v: head(net(v).max(1).values)  # noqa: E731
+    g = torch.Generator().manual_seed(seed)
+    for _ in range(steps):
+        i = torch.randint(n_train, (64,), generator=g)
+        loss = torch.nn.functional.cross_entropy(f(x[i]), y[i])
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    with torch.no_grad():
+        pred = f(x).argmax(-1)
+    ok = (pred == y).float()
+    return ok[:n_train].mean().item(), ok[n_train:].mean().item()
+
+
+# ------------------------------------------------------------------------------------------- main
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], epilog=__doc__.split("\n\n", 1)[1],
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--smoke", action="store_true", help="a CI-sized run (10 videos, 3 reader steps)")
+    ap.add_argument("--text-steps", type=int, help="reader training steps (default 8000)")
+    ap.add_argument("--text-scenes", type=int, help="fresh scenes whose descriptions teach the reader (default 5000)")
+    ap.add_argument("--layers", type=int, help="reader depth (default 4)")
+    ap.add_argument("--width", type=int, help="reader width (default 128)")
+    ap.add_argument("--lr", type=float, help="reader peak lr (default 2e-3)")
+    ap.add_argument("--work", help="folder for data, models and caches (default: a temporary folder)")
+    ap.add_argument("--save", action="store_true", help="write table2_gates.{csv,md} to bench/results/")
+    ap.add_argument("--label", help="a label for the CSV rows (default: the preset name)")
+    args = ap.parse_args(argv)
+    preset = "smoke" if args.smoke else "default"
+    p = dict(PRESETS[preset])
+    for k in ("text_steps", "text_scenes", "layers", "width", "lr"):
+        v = getattr(args, k)
+        if v is not None:
+            if v <= 0:
+                raise SystemExit(f"error: --{k.replace('_', '-')} must be > 0, got {v}")
+            p[k] = v
+    progress = not args.smoke
+    t0 = time.time()
+    work = args.work or tempfile.mkdtemp(prefix="table2_gates_")
+    from slotvlm.testing import make_tiny_clip
+
+    data, clip, cache, reader = (os.path.join(work, n) for n in ("data", "clip", "cache", "reader"))
+    if not os.path.exists(os.path.join(data, "qa", "test_a.json")):
+        synth.generate(data, p["videos"], seed=0, seconds=p["seconds"], progress=progress)
+    if not os.path.exists(os.path.join(clip, "config.json")):
+        make_tiny_clip(clip, seed=0, hidden_size=64, intermediate_size=128, num_attention_heads=4)  # bench/table2.py's
+    extract(os.path.join(data, "videos"), clip, cache, batch_size=32, progress=progress)
+
+    x, y, n_train = probe_targets(data, cache)
+    feature = {a: probe(x[a], y[a], n_train, p["probe_steps"]) for a in ATTRIBUTES}
+    t_probe = time.time() - t0
+    print(json.dumps({"feature_gate": feature}), flush=True)
+
+    def log(step, loss):
+        if not args.smoke:
+            print(f"reader step {step}: loss {loss:.4f}", flush=True)
+
+    t1 = time.time()
+    fit_reader(reader, text_scenes(p["text_scenes"], p["seconds"]), p["text_steps"], p["layers"], p["width"], p["lr"],
+               progress=progress, log=log)
+    reading = by_type(read_descriptions(reader, data), data)
+    t_reader = time.time() - t1
+    print(json.dumps({"reader_gate": reading}), flush=True)
+
+    stamp = {"timestamp": time.strftime("%Y-%m-%dT%H:%M:%S"), "commit": commit(), "device": device_name("cpu"),
+             "torch": torch.__version__, "label": args.label or preset, "videos": p["videos"],
+             "reader": f"{p['layers']}x{p['width']}, {p['text_steps']} steps, lr {p['lr']}, {p['text_scenes']} text scenes"}
+    rows = [{**stamp, "gate": "reader", "what": t, "accuracy": round(v, 4), "target": 0.9, "passed": v >= 0.9,
+             "wall_s": round(t_reader, 1)} for t, v in reading.items()]
+    rows += [{**stamp, "gate": "feature", "what": a, "accuracy": round(te, 4), "train_accuracy": round(tr, 4),
+              "target": 0.9, "passed": te >= 0.9, "wall_s": round(t_probe, 1)} for a, (tr, te) in feature.items()]
+    fields = ["timestamp", "commit", "device", "torch", "label", "videos", "reader", "gate", "what", "accuracy",
+              "train_accuracy", "target", "passed", "wall_s"]
+    from _common import RESULTS
+
+    out_dir = str(RESULTS) if args.save else tempfile.mkdtemp(prefix="table2_gates_out_")
+    os.makedirs(out_dir, exist_ok=True)
+    csv_path = append_csv(os.path.join(out_dir, "table2_gates.csv"), rows, fields)
+    lines = [f"{stamp['label']}: {p['videos']} videos, reader {stamp['reader']}; {device_name('cpu')}, "
+             f"{(time.time() - t0) / 60:.0f} min, {stamp['timestamp'][:10]}", "",
+             "| gate | what | held-out accuracy | target | passed |", "|---|---|---|---|---|"]
+    for r in rows:
+        lines.append(f"| {r['gate']} | {r['what']} | {100 * r['accuracy']:.1f} % | 90 % | {'yes' if r['passed'] else 'no'} |")
+    md = "\n".join(lines)
+    with open(os.path.join(out_dir, "table2_gates.md"), "w") as f:
+        f.write(md + "\n")
+    print(md)
+    print(f"wrote {csv_path}, {os.path.join(out_dir, 'table2_gates.md')}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

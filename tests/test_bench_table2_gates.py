@@ -1,0 +1,61 @@
+"""bench/table2_gates.py: the reader's tokenizer, the feature probe on data with a known answer,
+and the whole script end to end in its smoke mode (10 tiny videos, 3 reader steps)."""
+from __future__ import annotations
+
+import csv
+import re
+
+import torch
+
+from bench_loader import load_bench_script
+
+
+def load_bench():
+    return load_bench_script("table2_gates")
+
+
+def test_reader_tokenizer_gives_every_scene_word_one_token():
+    b = load_bench()
+    from slotvlm.data import synth
+    from slotvlm.testing import make_tiny_tokenizer
+
+    scenes = b.text_scenes(50, 8.0)
+    tok = make_tiny_tokenizer(vocab_size=1000, corpus=b.reader_corpus(scenes))
+    words = [*synth.COLOURS, *synth.SHAPES, *synth.DIRECTIONS, *synth.NUMBERS[1:4]]
+    for w in words:
+        assert len(tok(" " + w, add_special_tokens=False).input_ids) == 1, w
+    # the default tokenizer (no corpus) splits them: the corpus is what makes the difference
+    plain = make_tiny_tokenizer()
+    assert any(len(plain(" " + w, add_special_tokens=False).input_ids) > 1 for w in words)
+
+
+def test_text_scenes_are_reproducible_and_not_the_test_videos():
+    b = load_bench()
+    a, c = b.text_scenes(5, 8.0), b.text_scenes(5, 8.0)
+    assert [s.objects for s in a] == [s.objects for s in c]
+    assert all(s.video_id.startswith("v_text") for s in a)
+
+
+def test_probe_reads_a_planted_attribute_and_not_noise():
+    b = load_bench()
+    g = torch.Generator().manual_seed(0)
+    v, p, c = 200, 16, 8
+    y = torch.randint(3, (v,), generator=g)
+    x = torch.randn(v, p, c, generator=g)
+    x[torch.arange(v), torch.randint(p, (v,), generator=g), y] += 6.0  # one position of each row says the class
+    _, held_out = b.probe(x, y, 150, steps=300)
+    assert held_out >= 0.9
+    _, chance = b.probe(torch.randn(v, p, c, generator=g), y, 150, steps=300)
+    assert chance < 0.6
+
+
+def test_smoke_writes_both_gates(capsys):
+    b = load_bench()
+    assert b.main(["--smoke"]) == 0
+    out = capsys.readouterr().out
+    path = re.search(r"wrote (\S+table2_gates\.csv),", out).group(1)
+    rows = list(csv.DictReader(open(path)))
+    assert {r["what"] for r in rows if r["gate"] == "feature"} == set(b.ATTRIBUTES)
+    assert {"all", "colour", "count"} <= {r["what"] for r in rows if r["gate"] == "reader"}
+    for r in rows:
+        assert 0.0 <= float(r["accuracy"]) <= 1.0 and r["passed"] in ("True", "False")
