@@ -5,11 +5,13 @@
 
 Each case draws B in 1..5, N in 1..300, D in 4..128, K in 1..16, the MLP hidden width, iters in
 1..4, a padding mask (sometimes with an all-padding row), the init (gaussian, its mean, learned,
-given slots) and the mode: ``no-grad`` (the whole forward in the kernel, compared with
-``backend="torch"``), or ``implicit`` (``implicit_grad=True`` with a graph: all but the last
-iteration in the kernel; output, input gradient and every parameter gradient compared). Prints
-one line per failure and a summary (cases, worst errors), exit 1 if any case is off by more than
-rtol 1e-4 / atol 1e-4.
+given slots) and the gradient mode: ``full`` (the unrolled backward) or ``implicit``
+(``implicit_grad=True``: the last iteration only). Every case checks the no-grad forward (the
+whole forward kernel, compared with ``backend="torch"``) and then, with a graph, the forward and
+backward kernels (kernels/slot_iterations_bwd.py): output, input gradient, every parameter
+gradient and the given slots' gradient compared, and the case fails if the backward kernel did
+not run. Prints one line per failure and a summary (cases, worst errors), exit 1 if any case is
+off by more than rtol 1e-4 / atol 1e-4.
 """
 from __future__ import annotations
 
@@ -24,6 +26,7 @@ import torch  # noqa: E402
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from slotvlm import SlotAttention  # noqa: E402
+from slotvlm.kernels import slot_iterations_bwd as kb  # noqa: E402
 
 RTOL = ATOL = 1e-4
 
@@ -38,7 +41,7 @@ def one_case(rng: random.Random, index: int) -> dict:
     hidden = rng.choice([d, 2 * d, rng.randint(1, 256)])
     iters = rng.randint(1, 4)
     init = rng.choice(["gaussian", "mean", "learned", "given"])
-    mode = rng.choice(["no-grad", "implicit"])
+    mode = rng.choice(["full", "implicit"])
     masked = rng.random() < 0.5
     torch.manual_seed(index)
     kw = dict(iters=iters, hidden_dim=hidden, init="learned" if init == "learned" else "gaussian",
@@ -56,28 +59,41 @@ def one_case(rng: random.Random, index: int) -> dict:
     if init == "given":
         call["slots"] = torch.randn(b, k, d)
     case = dict(index=index, B=b, N=n, D=d, K=k, hidden=hidden, iters=iters, init=init, mode=mode, masked=masked)
-    if mode == "no-grad":
-        with torch.no_grad():
-            torch.manual_seed(10_000 + index)
-            out = fused(x, **call)
-            torch.manual_seed(10_000 + index)
-            want = ref(x, **call)
-        return {**case, "out": _err(out, want), "grad": 0.0}
+    with torch.no_grad():
+        torch.manual_seed(10_000 + index)
+        out = fused(x, **call)
+        torch.manual_seed(10_000 + index)
+        want = ref(x, **call)
+    out_err = _err(out, want)
     xa, xb = x.clone().requires_grad_(), x.clone().requires_grad_()
-    torch.manual_seed(10_000 + index)
-    out = fused(xa, **call)
-    torch.manual_seed(10_000 + index)
-    want = ref(xb, **call)
-    r = torch.randn_like(want)
-    (out * r).sum().backward()
-    (want * r).sum().backward()
-    grads = [_err(xa.grad, xb.grad)]
+    given = call.pop("slots", None)
+    sa = sb = None
+    if given is not None:
+        sa, sb = given.clone().requires_grad_(), given.clone().requires_grad_()
+    ran = []
+    real = kb.slot_iterations_bwd
+    kb.slot_iterations_bwd = lambda *a, **kw: ran.append(kw["n_bwd"]) or real(*a, **kw)
+    try:
+        torch.manual_seed(10_000 + index)
+        out = fused(xa, slots=sa, **call)
+        torch.manual_seed(10_000 + index)
+        want = ref(xb, slots=sb, **call)
+        r = torch.randn_like(want)
+        (out * r).sum().backward()
+        (want * r).sum().backward()
+    finally:
+        kb.slot_iterations_bwd = real
+    grads = [_err(xa.grad, xb.grad), 0.0 if ran == [1 if mode == "implicit" else iters] else float("inf")]
+    if sa is not None and (sa.grad is None) != (sb.grad is None):
+        grads.append(float("inf"))
+    elif sa is not None and sb.grad is not None:
+        grads.append(_err(sa.grad, sb.grad))
     for p, q in zip(fused.parameters(), ref.parameters()):
         if (p.grad is None) != (q.grad is None):
             grads.append(float("inf"))
         elif q.grad is not None:
             grads.append(_err(p.grad, q.grad))
-    return {**case, "out": _err(out.detach(), want.detach()), "grad": max(grads)}
+    return {**case, "out": max(out_err, _err(out.detach(), want.detach())), "grad": max(grads)}
 
 
 def main(argv=None) -> int:
@@ -95,8 +111,9 @@ def main(argv=None) -> int:
     bad = [r for r in rows if r["out"] > 1 or r["grad"] > 1]
     for r in bad:
         print("FAIL", r)
-    modes = {m: sum(r["mode"] == m for r in rows) for m in ("no-grad", "implicit")}
-    print(f"{len(rows)} cases (seed {args.seed}; {modes['no-grad']} no-grad, {modes['implicit']} implicit-grad; "
+    modes = {m: sum(r["mode"] == m for r in rows) for m in ("full", "implicit")}
+    print(f"{len(rows)} cases (seed {args.seed}; forward no-grad and with a graph in each; gradients: "
+          f"{modes['full']} full unrolled, {modes['implicit']} implicit-grad; "
           f"{sum(r['masked'] for r in rows)} masked; D {min(r['D'] for r in rows)}-{max(r['D'] for r in rows)}, "
           f"N {min(r['N'] for r in rows)}-{max(r['N'] for r in rows)}, K {min(r['K'] for r in rows)}-{max(r['K'] for r in rows)}): "
           f"{len(bad)} failed; worst output error {max(r['out'] for r in rows):.3f}, worst gradient error "

@@ -62,12 +62,12 @@ def _vec(ptr, off, o, m):
 
 @triton.jit
 def _slot_iterations_fwd(
-    x, mask, slots_in, init_mu, init_logsigma, out,
+    x, mask, slots_in, init_mu, init_logsigma, out, save_s, save_u, save_den,
     ln_in_w, ln_in_b, ln_s_w, ln_s_b, ln_f_w, ln_f_b,
     wq, bq, wk, bk, wv, bv, w_ih, b_ih, w_hh, b_hh, w1, b1, w2, b2,
     N, s_xb, s_xn, s_mb, s_tk, s_it, scale, eps, ln_eps_in, ln_eps_s, ln_eps_f,
     K: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, ITERS: tl.constexpr, HAS_MASK: tl.constexpr,
-    INIT: tl.constexpr,
+    INIT: tl.constexpr, SAVE: tl.constexpr,
     BLOCK_K: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK_N: tl.constexpr,
     DOT_PREC: tl.constexpr,
 ):
@@ -91,7 +91,11 @@ def _slot_iterations_fwd(
     w_s, b_s = _vec(ln_s_w, 0, o_d, m_d), _vec(ln_s_b, 0, o_d, m_d)
     w_f, b_f = _vec(ln_f_w, 0, o_d, m_d), _vec(ln_f_b, 0, o_d, m_d)
     x_b = x + i_b * s_xb
+    i_B = tl.num_programs(0)
+    kd = o_k[:, None] * D + o_d[None, :]
     for _it in range(ITERS):
+        if SAVE:  # the backward (kernels/slot_iterations_bwd.py) recomputes from these: [ITERS + 1, B, K, D]
+            tl.store(save_s + (_it * i_B + i_b) * K * D + kd, s, mask=m_kd)
         # s_it is 0 at run time: the weight addresses "depend" on the iteration so that the compiler
         # does not hoist all weight tiles out of the loop into shared memory at once (sm_90 AOT:
         # 223 KB of shared memory at D = 64 without it); each iteration re-reads them from L2
@@ -121,6 +125,9 @@ def _slot_iterations_fwd(
             den += tl.sum(w, axis=1)
             acc += tl.dot(w, xn, input_precision=DOT_PREC)
         inv = 1.0 / tl.maximum(den, _FLOOR)
+        if SAVE:  # the weighted mean of the normalised inputs and its denominator: [ITERS, B, K, (D)]
+            tl.store(save_u + (_it * i_B + i_b) * K * D + kd, acc * inv[:, None], mask=m_kd)
+            tl.store(save_den + (_it * i_B + i_b) * K + o_k, den, mask=m_k)
         u = tl.dot(acc * inv[:, None], _weight_t(wv + wo, 0, o_d, o_d, m_d, m_d, D), input_precision=DOT_PREC)
         u += (den * inv)[:, None] * _vec(bv + wo, 0, o_d, m_d)[None, :]
         # GRU cell (gate order r, z, n as torch.nn.GRUCell)
@@ -142,11 +149,14 @@ def _slot_iterations_fwd(
         s = s + tl.dot(hdn, _weight_t(w2 + wo, 0, o_h, o_d, m_h, m_d, HID), input_precision=DOT_PREC) + _vec(b2 + wo, 0, o_d, m_d)[None, :]
         s = tl.where(m_kd, s, 0.0)
     tl.store(out + i_b * K * D + o_k[:, None] * D + o_d[None, :], s.to(out.dtype.element_ty), mask=m_kd)
+    if SAVE:
+        tl.store(save_s + (ITERS * i_B + i_b) * K * D + kd, s, mask=m_kd)
 
 
 def slot_iterations(x: torch.Tensor, slots: torch.Tensor | None, mask: torch.Tensor | None, params: dict, *,
                     iters: int, scale: float, eps: float, init: tuple | None = None, num_slots: int | None = None,
-                    out_dtype: torch.dtype | None = None, block_n: int = 64, num_warps: int | None = None) -> torch.Tensor:
+                    out_dtype: torch.dtype | None = None, block_n: int = 64, num_warps: int | None = None,
+                    save: tuple | None = None) -> torch.Tensor:
     """Run ``iters`` slot-attention iterations in one launch (no autograd).
 
     Args:
@@ -161,6 +171,9 @@ def slot_iterations(x: torch.Tensor, slots: torch.Tensor | None, mask: torch.Ten
             ``("table", t)`` with ``t`` ``[K, D]`` (a learned table) or ``[D]`` (the mean, every slot).
         num_slots: K when ``init`` is a ``[D]`` mean.
         out_dtype: dtype of the result (default: the starting slots', else x's); the arithmetic is fp32.
+        save: None, or fp32 buffers ``(slots [iters + 1, B, K, D], ubar [iters, B, K, D], den [iters, B, K])``
+            the kernel fills for the backward: the slots entering each iteration (and the result), the
+            weighted mean of the normalised inputs and its denominator.
     Returns:
         the slots after the last iteration, ``[B, K, D]``.
     """
@@ -188,11 +201,12 @@ def slot_iterations(x: torch.Tensor, slots: torch.Tensor | None, mask: torch.Ten
     dot_prec = "ieee" if x.dtype == torch.float32 else "tf32"
     _slot_iterations_fwd[(b,)](
         x, m if m is not None else x, src, mu if mu is not None else x, logsigma if logsigma is not None else x, out,
+        *(save if save is not None else (out, out, out)),
         w_in, b_in, w_s, b_s, w_f, b_f,
         *params["q"], *params["k"], *params["v"], w_ih, b_ih, w_hh, b_hh, *params["mlp1"], *params["mlp2"],
         n, x.stride(0), x.stride(1), 0 if m is None else m.stride(0), s_tk, 0, float(scale), float(eps),
         float(e_in), float(e_s), float(e_f),
-        K=k, D=d, HID=hid, ITERS=iters, HAS_MASK=m is not None, INIT=mode,
+        K=k, D=d, HID=hid, ITERS=iters, HAS_MASK=m is not None, INIT=mode, SAVE=save is not None,
         BLOCK_K=max(16, _next_pow2(k)), BLOCK_D=max(16, _next_pow2(d)), BLOCK_H=max(16, _next_pow2(hid)),
         BLOCK_N=block_n, DOT_PREC=dot_prec, num_warps=num_warps or 8,  # sm_90 AOT: 8 warps spill least (docs/kernels.md)
     )
@@ -216,7 +230,8 @@ def _traffic(grid, a):
     init = {0: _nbytes(a["slots_in"]), 1: _nbytes(a["slots_in"]) + 2 * a["D"] * 4}.get(a["INIT"], a["K"] * a["D"] * 4)
     read = it * (x_rows + mask) + weights + init
     per_iter = 2 * bk * n * bd * 2 + 2 * bk * bd * bd * (3 + 6) + 2 * 2 * bk * bd * bh
-    return read, _nbytes(a["out"]), b * it * per_iter
+    saved = sum(_nbytes(a[k]) for k in ("save_s", "save_u", "save_den")) if a["SAVE"] else 0
+    return read, _nbytes(a["out"]) + saved, b * it * per_iter
 
 
 TRAFFIC = {"_slot_iterations_fwd": _traffic}

@@ -9,6 +9,7 @@ purpose, so a checkout's root on ``sys.path`` never shadows the PyPI package cal
 """
 from __future__ import annotations
 
-from . import layer_norm, slot_attention_deferred, slot_iterations
+from . import layer_norm, slot_attention_deferred, slot_iterations, slot_iterations_bwd
 
-TRAFFIC = {**slot_attention_deferred.TRAFFIC, **layer_norm.TRAFFIC, **slot_iterations.TRAFFIC}
+TRAFFIC = {**slot_attention_deferred.TRAFFIC, **layer_norm.TRAFFIC, **slot_iterations.TRAFFIC,
+           **slot_iterations_bwd.TRAFFIC}

@@ -60,7 +60,8 @@ def _have_ptxas() -> bool:
     return bundled.exists() or bool(os.environ.get("TRITON_PTXAS_PATH")) or shutil.which("ptxas") is not None
 POINTERS = {"den": "fp32", "ws_acc": "fp32", "ws_den": "fp32", "ws_dq": "fp32", "mask": "u8", "cu_seqlens": "i32",
             "bias": "fp32", "dbias": "fp32", "ws_dbias": "fp32", "sd": "fp32", "g": "fp32", "ws_g": "fp32",
-            "stats": "fp32", "part": "fp32"}
+            "stats": "fp32", "part": "fp32", "save_s": "fp32", "save_u": "fp32", "save_den": "fp32", "ds0": "fp32",
+            "sc_qk": "fp32", "sc_c": "fp32", "sc_da": "fp32", "sc_dd": "fp32"}
 FLOATS = {"scale", "eps", "floor", "ln_eps_in", "ln_eps_s", "ln_eps_f"}
 
 
@@ -205,7 +206,14 @@ def iteration_tile_cases() -> list:
                  BLOCK_D=max(16, triton.next_power_of_2(D)), BLOCK_H=max(16, triton.next_power_of_2(hid)), BLOCK_N=64,
                  DOT_PREC="tf32")
         label = f"{kiter._slot_iterations_fwd.fn.__name__:<22} {name:<17} bf16 K={K} D={D:<5} H{hid:>4} N 64 w8"
-        cases.append((label, kiter._slot_iterations_fwd, "bf16", c, 8, 2))
+        cases.append((label, kiter._slot_iterations_fwd, "bf16", dict(c, SAVE=True), 8, 2))
+        # its backward (kernels/slot_iterations_bwd.py): the full unrolled gradient, gaussian init, dx
+        from slotvlm.kernels import slot_iterations_bwd as kbwd  # noqa: PLC0415
+
+        b = {k: v for k, v in c.items() if k != "INIT"}
+        b.update(NBWD=3, INIT_GRAD=kbwd.GRAD_GAUSSIAN, NEED_DX=True, P_ROW=kbwd.row_layout(D, hid, K, kbwd.GRAD_GAUSSIAN)["_total"])
+        label = f"{kbwd._slot_iterations_bwd.fn.__name__:<22} {name:<17} bf16 K={K} D={D:<5} H{hid:>4} N 64 w8"
+        cases.append((label, kbwd._slot_iterations_bwd, "bf16", b, 8, 2))
     return cases
 
 

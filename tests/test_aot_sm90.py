@@ -22,6 +22,12 @@ KNOWN_SPILLS: set[str] = {
     # the whole-iteration kernel at D = 128 (issue 25): every weight tile of the iteration passes
     # through registers; 8 warps spill 56 B (4 warps: 624 B). Untuned: no GPU has timed it yet.
     "_slot_iterations_fwd video-objects bf16 K=11 D=128 H 256 N 64 w8",
+    # its backward (kernels/slot_iterations_bwd.py, one program per batch element, the whole slot
+    # side's recompute and gradient in registers): 2026-12-07, 8 warps, 255 registers, 312 B spilled
+    # at object discovery (65 KB shared) and 3.5 KB at D = 128 (193 KB shared); untuned, no GPU has
+    # timed it — splitting the slot side (weight tiles per GRU gate) is the next step if one shows it.
+    "_slot_iterations_bwd object-discovery bf16 K=7 D=64 H 128 N 64 w8",
+    "_slot_iterations_bwd video-objects bf16 K=11 D=128 H 256 N 64 w8",
 }
 
 

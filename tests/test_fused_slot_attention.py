@@ -364,6 +364,7 @@ def test_triton_backend_really_launches_kernels(monkeypatch):
     dx = LaunchCounter(monkeypatch, ksd._fold_dx_kernel)
     gates = LaunchCounter(monkeypatch, kgru._gru_gates_fwd_kernel)
     model = SlotAttention(3, 16, iters=3, backend="triton")
+    model.whole_iteration = False  # the folded per-iteration path (the whole-iteration one: test_slot_iterations.py)
     model(torch.randn(2, 10, 16)).sum().backward()
     # per iteration one forward and two backward kernels; the input gradient of all three
     # iterations is written by one final pass
@@ -380,6 +381,7 @@ def test_implicit_grad_backward_cost_is_independent_of_iters(monkeypatch, iters)
     dx = LaunchCounter(monkeypatch, ksd._fold_dx_kernel)
     gru_bwd = LaunchCounter(monkeypatch, kgru._gru_gates_bwd_kernel)
     model = SlotAttention(3, 16, iters=iters, implicit_grad=True, backend="triton")
+    model.whole_iteration = False  # the folded path; the whole-iteration one: test_slot_iterations.py
     out = model(torch.randn(2, 10, 16))
     out.sum().backward()
     assert (bwd.n, dx.n, gru_bwd.n) == (1, 1, 1)  # only the last iteration is differentiated
@@ -498,6 +500,7 @@ def test_launch_plans_once_per_shape():
     repeated fwd+bwd at a static shape adds no plan-cache miss, a new shape adds its own."""
     torch.manual_seed(0)
     m = SlotAttention(3, 16, backend="triton")
+    m.whole_iteration = False  # the folded path's launchers
     x = torch.randn(2, 11, 16, requires_grad=True)
     plans = (ksd._fwd_plan, ksd._bwd_plan, ksd._dx_plan, kgru._plan)
     m(x).sum().backward()

@@ -71,7 +71,8 @@ def test_table_inits_and_given_slots(init, deterministic, launches):
     assert launches == [3] * (3 if init == "gaussian" else 1)
 
 
-def test_implicit_grad_runs_all_but_the_last_iteration_in_the_kernel(launches):
+def test_implicit_grad_runs_every_iteration_in_the_kernel(launches):
+    """implicit_grad: the forward kernel runs all iterations, the backward kernel the last one."""
     fused, ref = _pair(4, 32, 64, iters=4, implicit_grad=True)
     x = torch.randn(2, 45, 32)
     mask = torch.rand(2, 45) > 0.2
@@ -80,7 +81,7 @@ def test_implicit_grad_runs_all_but_the_last_iteration_in_the_kernel(launches):
     a = fused(xa, mask=mask)
     torch.manual_seed(3)
     b = ref(xb, mask=mask)
-    assert launches == [3]
+    assert launches == [4]
     torch.testing.assert_close(a, b, rtol=1e-5, atol=2e-5)
     r = torch.randn_like(a)
     (a * r).sum().backward()
@@ -96,7 +97,6 @@ def test_implicit_grad_runs_all_but_the_last_iteration_in_the_kernel(launches):
 def test_where_it_does_not_apply_the_folded_path_runs(launches, monkeypatch):
     x = torch.randn(2, 20, 32)
     fused, ref = _pair(4, 32, 64)
-    fused(x.requires_grad_())  # a graph is needed and implicit_grad is off: exact unrolled backward
     with torch.no_grad():
         _, attn = fused(x, return_attn=True)  # attention maps are asked for
         wide = SlotAttention(4, 160, backend="triton")
@@ -123,3 +123,57 @@ def test_torch_compile_traces_the_folded_path_under_no_grad(launches):
         assert launches == []  # traced: the custom-op path
         fused(x)  # eager: the kernel
     assert launches == [2]
+
+
+# (B, N, D, K, hidden, masked, init, implicit_grad, given slots): K = 1, odd N, N not a multiple of
+# the tile, B = 1, D not a power of two, an all-padding row, each init and given slots
+GRAD_CASES = [
+    (2, 37, 32, 4, 64, False, "gaussian", False, False), (3, 130, 64, 7, 128, True, "gaussian", False, False),
+    (1, 5, 20, 1, 20, False, "gaussian", False, False), (2, 64, 16, 16, 16, True, "gaussian", True, False),
+    (2, 45, 32, 4, 64, False, "learned", False, False), (2, 45, 24, 3, 48, False, "gaussian", False, True),
+    (1, 67, 24, 3, 48, True, "learned", True, False), (2, 33, 16, 2, 32, False, "gaussian", True, True),
+]
+
+
+@pytest.mark.parametrize("b,n,d,k,hidden,masked,init,implicit,given", GRAD_CASES)
+def test_whole_iteration_backward_matches_the_reference(b, n, d, k, hidden, masked, init, implicit, given, launches):
+    """With a graph the whole-iteration path runs too (forward and backward kernels, no folded
+    iteration): the gradients of the inputs, every parameter and the given slots equal the
+    reference's, for the full unrolled backward and implicit_grad."""
+    from slotvlm.kernels import slot_iterations_bwd as kb
+
+    calls = []
+    real = kb.slot_iterations_bwd
+    kb.slot_iterations_bwd = lambda *a, **kw: calls.append(kw["n_bwd"]) or real(*a, **kw)
+    try:
+        fused, ref = _pair(k, d, hidden, init=init, implicit_grad=implicit)
+        x = torch.randn(b, n, d)
+        mask = None
+        if masked:
+            mask = torch.rand(b, n) > 0.3
+            mask[0] = False
+        xa, xb = x.clone().requires_grad_(), x.clone().requires_grad_()
+        s0 = torch.randn(b, k, d)
+        sa, sb = (s0.clone().requires_grad_(), s0.clone().requires_grad_()) if given else (None, None)
+        torch.manual_seed(1)
+        out = fused(xa, mask=mask, slots=sa)
+        torch.manual_seed(1)
+        want = ref(xb, mask=mask, slots=sb)
+        torch.testing.assert_close(out, want, rtol=1e-5, atol=2e-5)
+        r = torch.randn_like(out)
+        (out * r).sum().backward()
+        (want * r).sum().backward()
+    finally:
+        kb.slot_iterations_bwd = real
+    assert launches == [3] and calls == [1 if implicit else 3]
+    torch.testing.assert_close(xa.grad, xb.grad, rtol=1e-4, atol=1e-5)
+    if given:
+        if implicit:
+            assert sa.grad is None and sb.grad is None
+        else:
+            torch.testing.assert_close(sa.grad, sb.grad, rtol=1e-4, atol=1e-5)
+    for (name, p), q in zip(fused.named_parameters(), ref.parameters()):
+        if q.grad is None:
+            assert p.grad is None, name
+        else:
+            torch.testing.assert_close(p.grad, q.grad, rtol=1e-4, atol=1e-5, msg=name)

@@ -308,17 +308,21 @@ class SlotAttention(nn.Module):
         if self._folds(backend) and self._whole_iteration(inputs, num_slots, slots, return_attn):
             # all iterations in one launch (the init too); under implicit_grad with a graph, all but
             # the last, which then runs on the folded path (it has a backward)
-            grad = self._needs_graph(inputs, slots)
-            iters = self.iters - 1 if grad else self.iters
-            if iters == 0:
-                slots = self._start_slots(slots, b, num_slots, inputs, deterministic_init)
+            attn = None
+            if self._needs_graph(inputs, slots):
+                # differentiable: the backward kernel (kernels/slot_iterations_bwd.py) recomputes each
+                # iteration from the per-iteration slots the forward saves; under implicit_grad it
+                # differentiates the last iteration only (slotvlm.ops.whole_iteration)
+                from ..ops.whole_iteration import whole_iteration_apply  # noqa: PLC0415
+
+                init = None if slots is not None else self._kernel_init(b, num_slots, inputs, deterministic_init,
+                                                                       detach=False)
+                dev = inputs.device.type
+                out_dtype = torch.get_autocast_dtype(dev) if torch.is_autocast_enabled(dev) else None
+                slots = whole_iteration_apply(self, inputs, slots, mask, num_slots, init, out_dtype)
             else:
                 init = None if slots is not None else self._kernel_init(b, num_slots, inputs, deterministic_init)
-                slots = self._iterate_whole(inputs, slots, mask, iters, init, num_slots)
-            attn = None
-            if grad:
-                slots, attn = self._iterate_folded(slots.detach(), self._norm_input_folded(inputs), mask, None,
-                                                   inputs.shape[1], return_attn, iters=1)
+                slots = self._iterate_whole(inputs, slots, mask, self.iters, init, num_slots)
         elif self._folds(backend):
             slots = self._start_slots(slots, b, num_slots, inputs, deterministic_init)
             slots, attn = self._iterate_folded(slots, self._norm_input_folded(inputs), mask, None, inputs.shape[1], return_attn)
@@ -398,20 +402,23 @@ class SlotAttention(nn.Module):
         linears = (self.to_q, self.to_k, self.to_v, mlp1, mlp2)
         if not all(isinstance(m, nn.Linear) and m.bias is not None for m in linears) or self.gru.bias_ih is None:
             return False
-        return self.implicit_grad or not self._needs_graph(inputs, slots)
+        return True  # with a graph: the whole-iteration backward (kernels/slot_iterations_bwd.py)
 
-    def _kernel_init(self, batch: int, num_slots: int, inputs: torch.Tensor, deterministic_init) -> tuple:
+    def _kernel_init(self, batch: int, num_slots: int, inputs: torch.Tensor, deterministic_init,
+                     detach: bool = True) -> tuple:
         """The ``init`` argument of ``slot_iterations`` equivalent to :meth:`initial_slots` (the same
-        noise: one ``randn`` of the same shape, drawn at the same point of the call)."""
+        noise: one ``randn`` of the same shape, drawn at the same point of the call); with
+        ``detach=False`` the parameters themselves, as ``slotvlm.ops.whole_iteration`` takes them."""
         if self.init == "learned":
-            return ("table", self.slots_init.detach())
+            return ("table", self.slots_init.detach() if detach else self.slots_init)
         if deterministic_init is None:
             deterministic_init = self.deterministic_init
-        mu = self.slots_mu.detach().reshape(-1)
+        mu = self.slots_mu.detach().reshape(-1) if detach else self.slots_mu
         if deterministic_init:
             return ("table", mu)
         noise = torch.randn((batch, num_slots, self.dim), device=inputs.device, dtype=inputs.dtype)
-        return ("gaussian", mu, self.slots_logsigma.detach().reshape(-1), noise)
+        ls = self.slots_logsigma.detach().reshape(-1) if detach else self.slots_logsigma
+        return ("gaussian", mu, ls, noise)
 
     def _iterate_whole(self, inputs, slots, mask, iters: int, init, num_slots: int) -> torch.Tensor:
         """``iters`` iterations in one launch of the whole-iteration kernel, without a graph; the
