@@ -193,6 +193,7 @@ def test_module_folded_path_uses_the_kernel_and_matches_torch(monkeypatch, varia
     from triton_spy import LaunchCounter
 
     monkeypatch.setattr(sa_module, "_INPUT_NORM_KERNEL", "always")
+    monkeypatch.setenv("SLOTVLM_WHOLE_ITERATION", "0")  # this tests the folded path's LayerNorm kernel
 
     fwd = LaunchCounter(monkeypatch, kln._layer_norm_fwd_kernel)
     bwd = LaunchCounter(monkeypatch, kln._layer_norm_bwd_kernel)

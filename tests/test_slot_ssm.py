@@ -67,6 +67,7 @@ def test_triton_backend_matches_torch_with_gradients(recurrent, monkeypatch):
 
     # the encoder's slot attention must run the fused Triton step kernels too (the kernels issue;
     # a one-head SlotAttention runs the folded-projection kernels)
+    monkeypatch.setenv("SLOTVLM_WHOLE_ITERATION", "0")  # the folded step kernels (the whole-iteration path has its own tests)
     step_fwd = LaunchCounter(monkeypatch, ksd._fold_fwd_kernel)
     step_bwd = LaunchCounter(monkeypatch, ksd._fold_dq_bwd_kernel)
     ref = make(recurrent_encoder=recurrent)
