@@ -33,6 +33,7 @@ from slotvlm.testing import make_clip, make_tiny_slotvlm  # noqa: E402
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 KEY = "sk-test-0123456789"
 Q1 = "What is happening in the video?"
+LONG_REPLY = 9000  # --max-tokens-limit of the test server, and the reply the disconnect test asks for
 Q2 = "How many people are there?"
 
 
@@ -87,7 +88,7 @@ def server(files):
     proc = subprocess.Popen(
         [sys.executable, "-m", "slotvlm", "serve", "--model", files["model"], "--port", str(port), "--device", "cpu",
          "--api-key", KEY, "--allowed-local-media-path", files["media"], "--max-body-mb", "1",
-         "--max-video-mb", "0.25", "--max-tokens-limit", "1600", "--log-level", "warning"],
+         "--max-video-mb", "0.25", "--max-tokens-limit", str(LONG_REPLY), "--log-level", "warning"],
         stdout=log, stderr=subprocess.STDOUT, env=env, cwd=ROOT)
     base = f"http://127.0.0.1:{port}/v1"
     deadline = time.time() + 180
@@ -344,7 +345,9 @@ def test_wrong_api_key_401(server, files):
 
 def test_client_disconnect_cancels(server, files):
     cancelled0 = metric(server, "slotvlm_requests_cancelled_total")
-    body = {"messages": [user(data_url(files["clips"]["a"]), Q1)], "max_tokens": 1500, "temperature": 0,
+    # LONG_REPLY tokens take ~10 s to generate on a 2-core CPU (1,500 took 1.65 s here and under the
+    # 1.5 s read timeout below on CI), so both hang-ups below happen mid-generation
+    body = {"messages": [user(data_url(files["clips"]["a"]), Q1)], "max_tokens": LONG_REPLY, "temperature": 0,
             "stream": True}
     t0 = time.time()
     with httpx.stream("POST", f"{server}/chat/completions", json=body, headers={"Authorization": f"Bearer {KEY}"},
