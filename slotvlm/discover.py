@@ -55,6 +55,7 @@ class DiscoverConfig:
     slot_dim: int = 32
     mlp_hidden: int = 64
     iters: int = 3
+    slot_init: str = "gaussian"  # "gaussian" (sampled each call) or "learned" (a per-slot query table)
     enc_channels: int = 32
     enc_layers: int = 3
     enc_kernel: int = 5
@@ -79,6 +80,10 @@ class DiscoverConfig:
             raise ValueError(f"family must be one of {scenes.FAMILIES}, got {self.family!r}")
         if self.module not in MODULES:
             raise ValueError(f"module must be one of {MODULES}, got {self.module!r}")
+        if self.slot_init not in ("gaussian", "learned"):
+            raise ValueError(f"slot_init must be 'gaussian' or 'learned', got {self.slot_init!r}")
+        if self.module == "slot-attention" and self.slot_init != "gaussian":
+            raise ValueError(f"slot_init={self.slot_init!r} applies to module='slotvlm' only (the package samples)")
         if self.backend not in (None, "auto", "torch", "triton"):
             raise ValueError(f"backend must be auto, torch or triton, got {self.backend!r}")
         if self.module == "slot-attention" and self.backend not in (None, "auto", "torch"):
@@ -209,7 +214,7 @@ class SlotAutoencoder(nn.Module):
             from .nn.slot_attention import SlotAttention  # noqa: PLC0415
 
             self.slot_attention = SlotAttention(cfg.slots, d, iters=cfg.iters, hidden_dim=cfg.mlp_hidden,
-                                                backend=cfg.backend)
+                                                backend=cfg.backend, init=cfg.slot_init)
         self.dec_grid = -(-size // cfg.dec_stride)  # the broadcast grid side
         self.dec_pos = SoftPositionEmbed(d, (self.dec_grid, self.dec_grid))
         self.upsample = None

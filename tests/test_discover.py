@@ -81,6 +81,31 @@ def test_bad_config_names_the_field(tmp_path):
         DiscoverConfig(out=str(tmp_path), enc_kernel=4).validate()
     with pytest.raises(ValueError, match="backend"):
         DiscoverConfig(out=str(tmp_path), module="slot-attention", backend="triton").validate()
+    with pytest.raises(ValueError, match="slot_init must be 'gaussian' or 'learned', got 'zeros'"):
+        DiscoverConfig(out=str(tmp_path), slot_init="zeros").validate()
+    with pytest.raises(ValueError, match="slot_init='learned' applies to module='slotvlm' only"):
+        DiscoverConfig(out=str(tmp_path), module="slot-attention", slot_init="learned").validate()
+
+
+def test_learned_slot_init_is_a_trained_query_table(tmp_path):
+    """--slot-init learned: the slot attention starts from a per-slot table that training moves,
+    and the same scenes give the same slots on every call (no sampling)."""
+    cfg = DiscoverConfig(out=str(tmp_path / "run"), steps=6, eval_every=6, slot_init="learned", **TINY).validate()
+    model = SlotAutoencoder(cfg, 35)
+    assert model.slot_attention.init == "learned"
+    assert tuple(model.slot_attention.slots_init.shape) == (cfg.slots, cfg.slot_dim)
+    x = torch.rand(2, 3, 35, 35) * 2 - 1
+    with torch.no_grad():
+        torch.testing.assert_close(model(x)["slots"], model(x)["slots"])
+    from safetensors.torch import load_file
+
+    train(cfg)
+    rows = read_log(cfg.out)
+    assert [r["step"] for r in rows if "fg_ari" in r] == [0, 6]
+    torch.manual_seed(cfg.seed)  # train() builds its model after seeding: the same starting table
+    start = SlotAutoencoder(cfg, 35).slot_attention.slots_init.detach()
+    trained = load_file(os.path.join(cfg.out, "model.safetensors"))["slot_attention.slots_init"]
+    assert trained.shape == start.shape and not torch.allclose(trained, start)
 
 
 def test_curve_plot_keeps_steps_up_to_max_step(tmp_path, monkeypatch):

@@ -52,6 +52,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--num-slots", type=int, default=None, help="slots (default: max objects + 1)")
     parser.add_argument("--slot-dim", type=int, help=f"slot width ({default('slot_dim')})")
     parser.add_argument("--mlp-hidden", type=int, help=f"MLP hidden width ({default('mlp_hidden')})")
+    parser.add_argument("--slot-init", choices=("gaussian", "learned"),
+                        help="slot initialisation: gaussian (sampled per call) or learned (a per-slot query table) "
+                             f"({default('slot_init')})")
     parser.add_argument("--iters", type=int, help=f"slot attention iterations ({default('iters')})")
     parser.add_argument("--enc-channels", type=int, help=f"encoder channels ({default('enc_channels')})")
     parser.add_argument("--enc-layers", type=int, help=f"encoder conv layers ({default('enc_layers')})")
@@ -95,6 +98,7 @@ def run(args: argparse.Namespace) -> int:
         args.preset, args.family, out=args.out, module=args.module, backend=args.backend, steps=args.steps,
         batch_size=args.batch_size, lr=args.lr, warmup=args.warmup, decay_half_life=args.decay_half_life,
         num_slots=args.num_slots, slot_dim=args.slot_dim, mlp_hidden=args.mlp_hidden, iters=args.iters,
+        slot_init=args.slot_init,
         enc_channels=args.enc_channels, enc_layers=args.enc_layers, enc_kernel=args.enc_kernel,
         enc_stride=args.enc_stride, dec_channels=args.dec_channels, dec_layers=args.dec_layers,
         dec_kernel=args.dec_kernel, dec_stride=args.dec_stride, seed=args.seed,
