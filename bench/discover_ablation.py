@@ -45,6 +45,10 @@ VARIANTS = {
     "dec-mlp64-decay": ("dec-mlp64 + lr halving every 2,500 steps", dict(dec_kernel=1, dec_channels=64, decay_half_life=2500)),
     "dec-mlp64-iters5": ("dec-mlp64 + 5 slot-attention iterations", dict(dec_kernel=1, dec_channels=64, iters=5)),
     "dec-mlp64-slots5": ("dec-mlp64 + 5 slots (room for a background slot)", dict(dec_kernel=1, dec_channels=64, num_slots=5)),
+    "dec-mlp64-learned": ("dec-mlp64 + learned slot init (a per-slot query table, no sampling)",
+                          dict(dec_kernel=1, dec_channels=64, slot_init="learned")),
+    "dec-mlp64-learned-decay": ("dec-mlp64 + learned slot init + lr halving every 10,000 steps (= the CPU preset)",
+                                dict(dec_kernel=1, dec_channels=64, slot_init="learned", decay_half_life=10_000)),
 }
 PRESETS = {"default": dict(steps=8000, eval_every=1000, seeds=[0], test_scenes=256),
            "smoke": dict(steps=2, eval_every=1, seeds=[0], test_scenes=8)}

@@ -136,11 +136,12 @@ class DiscoverConfig:
 #   conv of kernel = stride = the scene's block size (each slot input sees one cell; 3 layers of 5x5
 #   context: FG-ARI 0.40 vs 0.64), a per-cell MLP decoder of width 64 on the (size/stride)^2 grid
 #   before the transposed conv (0.74-0.79 vs 0.62-0.64 for 5x5 convs of width 32), lr 1e-3 with
-#   100 warm-up steps, constant. The step budget is ~30 min on one thread of the 2-core machine.
+#   100 warm-up steps; then (third session) a learned per-slot init table and lr halving every 10,000
+#   steps: FG-ARI 0.78 -> 0.92 over 3 seeds, one slot for the background. ~30 min on one thread.
 # gpu: the Slot Attention paper's settings (full resolution, 64 channels, batch 64, lr 4e-4 with
 #   10k warm-up steps and a 100k-step half-life, 500k steps); not run here (no GPU lent).
-_CPU = dict(steps=50_000, lr=1e-3, warmup=100, enc_layers=1, enc_kernel=5, dec_channels=64, dec_layers=3,
-            dec_kernel=1, eval_every=1000)
+_CPU = dict(steps=50_000, lr=1e-3, warmup=100, decay_half_life=10_000, slot_init="learned", enc_layers=1,
+            enc_kernel=5, dec_channels=64, dec_layers=3, dec_kernel=1, eval_every=1000)
 _GPU = dict(steps=500_000, batch_size=64, lr=4e-4, warmup=10_000, decay_half_life=100_000, enc_channels=64,
             enc_layers=4, enc_kernel=5, enc_stride=1, slot_dim=64, mlp_hidden=128, dec_channels=64, dec_layers=4,
             dec_kernel=5, dec_stride=1, eval_every=5000, device="cuda")

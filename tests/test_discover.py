@@ -176,7 +176,8 @@ def test_presets_set_the_recipe_per_family_and_explicit_settings_win(tmp_path):
 
     tetro = DiscoverConfig.from_preset("cpu", "tetrominoes", out="x").validate()
     assert (tetro.enc_layers, tetro.enc_stride, tetro.dec_kernel, tetro.dec_channels, tetro.dec_stride) == (1, 5, 1, 64, 5)
-    assert (tetro.lr, tetro.warmup, tetro.decay_half_life) == (1e-3, 100, None)
+    assert (tetro.lr, tetro.warmup, tetro.decay_half_life, tetro.slot_init) == (1e-3, 100, 10_000, "learned")
+    assert SlotAutoencoder(tetro, 35).slot_attention.init == "learned"
     sprites = DiscoverConfig.from_preset("cpu", "multi_dsprites", out="x").validate()
     assert (sprites.family, sprites.enc_stride, sprites.dec_stride) == ("multi_dsprites", 4, 4)
     # the model the preset describes is built with the 7x7 / 16x16 slot-input grids
