@@ -87,7 +87,7 @@ def fit_reader(out: str, scenes, steps: int, layers: int, width: int, lr: float,
     from tqdm import tqdm
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from slotvlm.conversation import VIDEO_TOKEN, get_template
+    from slotvlm.conversation import VIDEO_TOKEN, get_template, reply_token_ids
     from slotvlm.testing import make_tiny_llm
 
     corpus = reader_corpus(scenes[:300])
@@ -100,8 +100,8 @@ def fit_reader(out: str, scenes, steps: int, layers: int, width: int, lr: float,
     for s in scenes:
         desc = caption(asdict(s))
         for _, q, a in synth.questions_for(s):
-            p = tok(conv.prompt(q).replace(VIDEO_TOKEN, desc)).input_ids
-            t = tok(a, add_special_tokens=False).input_ids + [tok.eos_token_id]
+            p, t = reply_token_ids(tok, conv.prompt(q).replace(VIDEO_TOKEN, desc), a, conv.answer_prefix)
+            p, t = [tok.bos_token_id] + p, t + [tok.eos_token_id]  # the reply split as in the turn
             seqs.append((p + t, [-100] * len(p) + t))
     g = torch.Generator().manual_seed(seed)
     opt = torch.optim.AdamW(llm.parameters(), lr=lr)

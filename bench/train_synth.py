@@ -61,7 +61,7 @@ def fit_text_prior(llm_dir: str, out_dir: str, examples, captions: dict, steps: 
     where the video goes), loss on the answer tokens; save to ``out_dir``."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from slotvlm.conversation import VIDEO_TOKEN, get_template
+    from slotvlm.conversation import VIDEO_TOKEN, get_template, reply_token_ids
 
     tok = AutoTokenizer.from_pretrained(llm_dir)
     llm = AutoModelForCausalLM.from_pretrained(llm_dir)
@@ -69,8 +69,8 @@ def fit_text_prior(llm_dir: str, out_dir: str, examples, captions: dict, steps: 
     seqs = []
     for e in examples:
         prompt = conv.prompt(e.question).replace(VIDEO_TOKEN, captions[e.video_id])
-        p = tok(prompt).input_ids
-        a = tok(e.answer, add_special_tokens=False).input_ids + [tok.eos_token_id]
+        p, a = reply_token_ids(tok, prompt, e.answer, conv.answer_prefix)  # the reply split as in the turn
+        p, a = [tok.bos_token_id] + p, a + [tok.eos_token_id]
         seqs.append((p + a, [-100] * len(p) + a))
     g = torch.Generator().manual_seed(seed)
     opt = torch.optim.AdamW(llm.parameters(), lr=lr)

@@ -39,6 +39,7 @@ class Conversation:
     sep: str = " "
     sep2: str = "</s>"
     includes_bos: bool = False  # the BOS token is added by the model, not written in the text
+    answer_prefix: str = " "  # the text between "ASSISTANT:" and the reply, as prompt() writes earlier turns
 
     def prompt(self, question: str, history: list[tuple[str, str]] | None = None, system: str | None = None) -> str:
         """The text before the answer: earlier turns (``[(question, answer)]``) then ``question``.
@@ -54,7 +55,7 @@ class Conversation:
                 q = f"{VIDEO_TOKEN}\n{q}"
             text += f"{self.roles[0]}: {q}{self.sep}{self.roles[1]}:"
             if a is not None:
-                text += f" {a}{self.sep2}"
+                text += f"{self.answer_prefix}{a}{self.sep2}"
         return text
 
 
@@ -63,6 +64,7 @@ class ChatTemplate:
     ``prompt(question, history)`` interface as :class:`Conversation`."""
 
     name = "tokenizer"
+    answer_prefix = ""  # the generation prompt ends where the assistant's reply begins
 
     def __init__(self, tokenizer, system: str | None = None):
         if not getattr(tokenizer, "chat_template", None):
@@ -95,6 +97,23 @@ class ChatTemplate:
             # the template takes no system role: the documented fallback (module docstring)
             first = {**messages[0], "content": f"{system}\n\n{messages[0]['content']}"}
             return self._render([first, *messages[1:]])
+
+
+def reply_token_ids(tokenizer, prompt: str, answer: str, prefix: str = " ") -> tuple[list[int], list[int]]:
+    """Token ids of ``prompt`` and of the reply ``answer`` as the tokenizer splits the whole turn
+    ``prompt + prefix + answer`` (``prefix``: the template's text between the assistant role and its
+    reply, :attr:`Conversation.answer_prefix`; a space for Vicuna v1). No special tokens are added.
+
+    Tokenised on its own, a reply loses the word boundary it has in the conversation: a byte-level
+    BPE (GPT-2, Llama 3, Qwen) splits ``"green"`` into ``g`` + ``reen``, while the same word in the
+    prompt, and in the template's earlier turns, is the single token `` green``. Where the tokenizer
+    merges across the boundary (the joint ids do not start with the prompt's), the reply falls back
+    to ``prefix + answer`` tokenised alone."""
+    ids_prompt = tokenizer(prompt, add_special_tokens=False).input_ids
+    joint = tokenizer(prompt + prefix + answer, add_special_tokens=False).input_ids
+    if len(joint) > len(ids_prompt) and joint[: len(ids_prompt)] == ids_prompt:
+        return ids_prompt, joint[len(ids_prompt):]
+    return ids_prompt, tokenizer(prefix + answer, add_special_tokens=False).input_ids
 
 
 TEMPLATES = {"vicuna_v1": Conversation("vicuna_v1", VICUNA_V1_SYSTEM)}

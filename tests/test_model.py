@@ -286,8 +286,13 @@ def test_build_inputs_labels_only_on_answers(model):
     tok = model.tokenizer
     for i, a in enumerate(answers):
         lab = inp["labels"][i]
-        want = tok(a, add_special_tokens=False).input_ids + [tok.eos_token_id]
+        # the reply is tokenised as it sits in the conversation ("ASSISTANT: a man ..."): its
+        # first word keeps the leading space it has in the prompt, not the split form of "a" alone
+        after = model.conversation.prompt(["What is happening?", "How many dogs?"][i]).split("<video>")[1]
+        n_after = len(tok(after, add_special_tokens=False).input_ids)
+        want = tok(after + " " + a, add_special_tokens=False).input_ids[n_after:] + [tok.eos_token_id]
         assert lab[lab != -100].tolist() == want
+        assert want[:-1] == tok(" " + a, add_special_tokens=False).input_ids  # byte-level BPE: the word's own ids
         n = int(inp["attention_mask"][i].sum())
         # right padding for training; the answer ends the real tokens
         assert inp["attention_mask"][i, :n].all() and not inp["attention_mask"][i, n:].any()
@@ -297,6 +302,9 @@ def test_build_inputs_labels_only_on_answers(model):
                                               add_special_tokens=False).input_ids
         k = len(ids_before)
         torch.testing.assert_close(inp["inputs_embeds"][i, k : k + 192], emb[i])
+    # the old, split tokenisation really differs for these answers (so the check above can fail)
+    assert any(tok(a, add_special_tokens=False).input_ids != tok(" " + a, add_special_tokens=False).input_ids
+               for a in answers)
     gen = model.build_inputs(emb, ["q1", "a longer question two"])
     assert "labels" not in gen
     assert gen["attention_mask"][:, -1].all()  # left padding for generation

@@ -24,7 +24,7 @@ from torch import nn
 from transformers import AutoConfig, AutoModel, PreTrainedModel
 
 from .._checks import check_tensor, describe
-from ..conversation import VIDEO_TOKEN, get_template
+from ..conversation import VIDEO_TOKEN, get_template, reply_token_ids
 from .config import (
     CONFIG_NAME, LEGACY_CONFIG_NAME, REFERENCE_FIELDS, WEIGHTS_NAME, SlotVLMConfig, check_reference, looks_local,
     resolve_reference,
@@ -445,6 +445,11 @@ class SlotVLM(PreTrainedModel):
     def _token_ids(self, text: str) -> list[int]:
         return self.tokenizer(text, add_special_tokens=False).input_ids
 
+    def _answer_ids(self, after: str, answer: str) -> tuple[list[int], list[int]]:
+        """Ids of the prompt text after the video and of ``answer``, split as in the whole turn
+        (:func:`slotvlm.conversation.reply_token_ids`)."""
+        return reply_token_ids(self.tokenizer, after, answer, getattr(self.conversation, "answer_prefix", ""))
+
     def build_inputs(self, video_embeds: torch.Tensor, questions: Sequence[str],
                      answers: Sequence[str] | None = None, *, history=None, system=None) -> dict:
         """Embed the prompts with the video embeddings in place of ``<video>``.
@@ -487,12 +492,13 @@ class SlotVLM(PreTrainedModel):
                 raise ValueError(f"questions[{i}] must contain {VIDEO_TOKEN!r} at most once, got {q!r}")
             before, after = prompt.split(VIDEO_TOKEN)
             ids_before = torch.tensor(bos + self._token_ids(before), dtype=torch.long, device=dev)
-            ids_after = self._token_ids(after)
-            lab = [IGNORE_INDEX] * (len(ids_before) + video_embeds.shape[1] + len(ids_after))
             if answers is not None:
-                ids_ans = self._token_ids(str(answers[i]).strip()) + [tok.eos_token_id]
-                ids_after = ids_after + ids_ans
-                lab = lab + ids_ans
+                ids_after, ids_ans = self._answer_ids(after, str(answers[i]).strip())
+                ids_ans = ids_ans + [tok.eos_token_id]
+            else:
+                ids_after, ids_ans = self._token_ids(after), []
+            lab = [IGNORE_INDEX] * (len(ids_before) + video_embeds.shape[1] + len(ids_after)) + ids_ans
+            ids_after = ids_after + ids_ans
             ids_after = torch.tensor(ids_after, dtype=torch.long, device=dev)
             seqs.append(torch.cat([embed(ids_before), video_embeds[i], embed(ids_after)], 0))
             labels.append(lab)
@@ -594,12 +600,14 @@ class SlotVLM(PreTrainedModel):
         try:
             # whitespace-only pieces (some tokenizer versions stream a lone " " before a word) are
             # carried into the next piece, so every piece a client shows has text in it
-            pending = ""
+            # the reply's first piece is left-stripped: the template's space before the reply
+            # (``ASSISTANT: green``) is the first token's, not the answer's
+            pending, first = "", True
             for piece in streamer:
                 pending += piece
                 if pending.strip():
-                    yield pending
-                    pending = ""
+                    yield pending.lstrip() if first else pending
+                    pending, first = "", False
             if pending:
                 yield pending
         finally:
