@@ -5,8 +5,9 @@
     python bench/table2.py --full --save                     # a GPU-sized run, results into bench/results/
 
 Every row uses the same synthetic data (``slotvlm synth``, fixed seed), the same frozen tiny CLIP
-(random, width 64) and the same frozen tiny LLaMA, first taught as text to answer from a written
-description of the scene (see bench/train_synth.py; a stand-in for a pre-trained LLM that can
+(random, width 64) and the same frozen tiny LLaMA, the *reader*: first taught as text to answer
+from a written description of the scene, on fresh text scenes of its own (bench/table2_gates.py's
+``fit_reader``, whose reader gate measures this very LLM; a stand-in for a pre-trained LLM that can
 already read), the same batch size, learning rate, cosine schedule and step count per training
 stage, and the same connector seeds. Rows (``N`` = ``--steps``):
 
@@ -51,7 +52,8 @@ ROOT = os.path.dirname(BENCH)
 sys.path[:0] = [ROOT, BENCH]
 
 from _common import append_csv, commit, device_name  # noqa: E402
-from train_synth import caption, caption_accuracy, evaluate, fit_text_prior, normalise  # noqa: E402
+from table2_gates import PRESETS as GATE_PRESETS, fit_reader, text_scenes  # noqa: E402
+from train_synth import caption, caption_accuracy, evaluate, normalise  # noqa: E402
 
 from slotvlm.data import synth  # noqa: E402
 from slotvlm.data.features import FeatureCache, extract  # noqa: E402
@@ -63,11 +65,16 @@ NEEDS = ("object", "event", "both")
 METRICS = ("all", *TYPES, *(f"needs_{n}" for n in NEEDS))
 CEILINGS = ("video-blind, per-type majority", "video-blind, per-question majority", "reads the true description")
 
+# The reader (the frozen LLM) is bench/table2_gates.py's, trained the same way: fresh text scenes,
+# its steps, depth, width and lr (the reader gate measures exactly this LLM).
+_KEYS = {"text_scenes": "text_scenes", "text_steps": "text_steps", "layers": "layers", "width": "width", "lr": "reader_lr"}
+_READER = {v: GATE_PRESETS["default"][k] for k, v in _KEYS.items()}
+_READER_SMOKE = {v: GATE_PRESETS["smoke"][k] for k, v in _KEYS.items()}
 PRESETS = {
-    # videos, seconds, stage-1 steps, steps N, text-prior steps, batch, seeds
-    "default": dict(videos=300, seconds=8.0, stage1_steps=10, steps=300, text_steps=1500, batch_size=16, seeds=[0, 1, 2]),
-    "full": dict(videos=1000, seconds=8.0, stage1_steps=200, steps=3000, text_steps=3000, batch_size=32, seeds=[0, 1, 2]),
-    "smoke": dict(videos=6, seconds=3.0, stage1_steps=1, steps=1, text_steps=2, batch_size=4, seeds=[0, 1]),
+    # videos, seconds, stage-1 steps, steps N, batch, seeds; the reader
+    "default": dict(videos=300, seconds=8.0, stage1_steps=10, steps=300, batch_size=16, seeds=[0, 1, 2], **_READER),
+    "full": dict(videos=1000, seconds=8.0, stage1_steps=200, steps=3000, batch_size=32, seeds=[0, 1, 2], **_READER),
+    "smoke": dict(videos=6, seconds=3.0, stage1_steps=1, steps=1, batch_size=4, seeds=[0, 1], **_READER_SMOKE),
 }
 
 
@@ -118,23 +125,23 @@ def mean_se(values: list[float]) -> tuple[float, float]:
 
 # ------------------------------------------------------------------------------------------ pipeline
 def prepare(work: str, p: dict, progress: bool) -> dict:
-    """Data, frozen CLIP + LLM (text prior fitted once), feature cache, ceilings: shared by every row."""
-    from slotvlm.testing import make_tiny_clip, make_tiny_llm
+    """Data, frozen CLIP + LLM (the reader, fitted once), feature cache, ceilings: shared by every row."""
+    from slotvlm.testing import make_tiny_clip
 
     data = os.path.join(work, "data")
     if not os.path.exists(os.path.join(data, "qa", "test_a.json")):
         synth.generate(data, p["videos"], seed=0, seconds=p["seconds"], progress=progress)
-    clip, llm_random, llm = (os.path.join(work, n) for n in ("clip", "llm_random", "llm"))
+    clip, llm = os.path.join(work, "clip"), os.path.join(work, "llm")
     if not os.path.exists(os.path.join(clip, "config.json")):
         make_tiny_clip(clip, seed=0, hidden_size=64, intermediate_size=128, num_attention_heads=4)
-        make_tiny_llm(llm_random, seed=0, hidden_size=128, intermediate_size=256, num_hidden_layers=2)
     cache = os.path.join(work, "cache")
     extract(os.path.join(data, "videos"), clip, cache, batch_size=32, progress=progress)
     instr = os.path.join(data, "instructions.json")
     examples, _ = load_instructions(instr, FeatureCache(cache))
     captions = {sc["video_id"]: caption(sc) for sc in json.load(open(os.path.join(data, "meta.json")))["scenes"]}
     if not os.path.exists(os.path.join(llm, "config.json")):
-        fit_text_prior(llm_random, llm, examples, captions, p["text_steps"], 2e-3, 0)
+        fit_reader(llm, text_scenes(p["text_scenes"], p["seconds"]), p["text_steps"], p["layers"], p["width"],
+                   p["reader_lr"], progress=progress)
     qa = os.path.join(data, "qa")
     test_q = json.load(open(os.path.join(qa, "test_q.json")))
     test_a = json.load(open(os.path.join(qa, "test_a.json")))
@@ -308,13 +315,16 @@ def main(argv=None) -> int:
     mode.add_argument("--full", action="store_true", help="a GPU-sized run (1,000 videos, 3,000 steps per stage)")
     ap.add_argument("--steps", type=int, help="N, instruction-tuning steps per stage (default 300)")
     ap.add_argument("--stage1-steps", type=int, help="reconstruction steps of stage 1 (default 10)")
-    ap.add_argument("--text-steps", type=int, help="steps teaching the LLM to answer from descriptions (default 1500)")
+    ap.add_argument("--text-steps", type=int, help="steps teaching the reader (the frozen LLM) to answer from "
+                    f"descriptions (default {_READER['text_steps']}; bench/table2_gates.py's reader)")
     ap.add_argument("--videos", type=int, help="synthetic videos, 20 %% held out (default 300)")
     ap.add_argument("--batch-size", type=int, help="global batch of every stage (default 16)")
     ap.add_argument("--seeds", type=int, nargs="+", help="connector seeds (default 0 1 2)")
     ap.add_argument("--lr", type=float, default=3e-3, help="stage 2/3 peak lr, cosine with 3 %% warm-up (default 3e-3)")
     ap.add_argument("--work", help="folder for data, models and caches (default: a temporary folder, deleted); "
                     "a rerun in the same folder reuses the finished stages of the same recipe")
+    ap.add_argument("--jobs", type=int, default=1, help="seeds trained at once, one process each sharing the "
+                    "threads (default 1; 2 on the 2-core machine halves the wall time of the 3 seeds)")
     ap.add_argument("--save", action="store_true", help="write table2.{csv,md,png} to bench/results/ (else a temp folder)")
     ap.add_argument("--label", help="a label for the CSV rows (default: the preset name)")
     args = ap.parse_args(argv)
@@ -326,6 +336,8 @@ def main(argv=None) -> int:
     for k in ("steps", "stage1_steps", "text_steps", "videos", "batch_size"):
         if p[k] < 1:
             raise SystemExit(f"error: --{k.replace('_', '-')} must be >= 1, got {p[k]}")
+    if args.jobs < 1:
+        raise SystemExit(f"error: --jobs must be >= 1, got {args.jobs}")
     if p["videos"] < 5:
         raise SystemExit(f"error: --videos must be >= 5 (one fifth is held out), got {p['videos']}")
     progress = not args.smoke
@@ -336,9 +348,21 @@ def main(argv=None) -> int:
         print(json.dumps({"train_examples": shared["train_examples"], "test_questions": shared["test_questions"],
                           "ceilings": shared["ceilings"]}, indent=1), flush=True)
         results = []
-        for seed in p["seeds"]:
-            results += run_seed(shared, work, seed, p, args.lr, progress)
-            print(json.dumps(results[-len(ROWS):], indent=1), flush=True)
+        if args.jobs == 1:
+            for seed in p["seeds"]:
+                results += run_seed(shared, work, seed, p, args.lr, progress)
+                print(json.dumps(results[-len(ROWS):], indent=1), flush=True)
+        else:  # one process per seed, ``--jobs`` at a time, each on its share of the threads
+            import multiprocessing
+            from concurrent.futures import ProcessPoolExecutor
+
+            threads = max(1, torch.get_num_threads() // args.jobs)
+            with ProcessPoolExecutor(args.jobs, mp_context=multiprocessing.get_context("spawn"),
+                                     initializer=torch.set_num_threads, initargs=(threads,)) as pool:
+                futures = [pool.submit(run_seed, shared, work, seed, p, args.lr, False) for seed in p["seeds"]]
+                for f in futures:
+                    results += f.result()
+                    print(json.dumps(results[-len(ROWS):], indent=1), flush=True)
     finally:
         if not args.work:
             shutil.rmtree(work, ignore_errors=True)

@@ -78,6 +78,8 @@ def test_bad_arguments_are_refused():
     b = load_bench()
     with pytest.raises(SystemExit, match="--steps must be >= 1, got 0"):
         b.main(["--smoke", "--steps", "0"])
+    with pytest.raises(SystemExit, match="--jobs must be >= 1, got 0"):
+        b.main(["--smoke", "--jobs", "0"])
 
 
 def test_append_csv_widens_an_older_file(tmp_path):
@@ -90,3 +92,24 @@ def test_append_csv_widens_an_older_file(tmp_path):
     append_csv(path, [{"a": 5, "c": 6}], ["a", "c"])
     rows = list(csv.DictReader(open(path)))
     assert rows == [{"a": "1", "b": "2", "c": ""}, {"a": "3", "b": "4", "c": ""}, {"a": "5", "b": "", "c": "6"}]
+
+
+def test_parallel_seeds_train_the_same_models(tmp_path):
+    """--jobs 2 (one process per seed) gives the rows of --jobs 1, to the digit (1 thread each)."""
+    import os
+    import subprocess
+    import sys
+
+    script = Path(__file__).resolve().parent.parent / "bench" / "table2.py"
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    accs = {}
+    for jobs in (1, 2):
+        out = subprocess.run([sys.executable, str(script), "--smoke", "--jobs", str(jobs), "--work",
+                              str(tmp_path / f"w{jobs}")], env=env, capture_output=True, text=True, timeout=600)
+        assert out.returncode == 0, out.stderr[-2000:]
+        csv_path = re.search(r"wrote (\S+table2\.csv),", out.stdout).group(1)
+        runs = [r for r in csv.DictReader(open(csv_path)) if r["seed"] != "-"]
+        accs[jobs] = {(r["row"], r["seed"]): [r[k] for k in r if k.startswith("acc_")] for r in runs}
+    load = load_bench()
+    assert sorted(accs[2]) == sorted((m, s) for m in load.ROWS for s in ("0", "1"))
+    assert accs[2] == accs[1]
