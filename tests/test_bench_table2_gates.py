@@ -59,3 +59,48 @@ def test_smoke_writes_both_gates(capsys):
     assert {"all", "colour", "count"} <= {r["what"] for r in rows if r["gate"] == "reader"}
     for r in rows:
         assert 0.0 <= float(r["accuracy"]) <= 1.0 and r["passed"] in ("True", "False")
+
+
+def test_packed_lessons_compute_each_question_as_its_single_turn_prompt(tmp_path):
+    """A description with several questions packed behind it gives, for every question, the
+    tokens and the logits of that question's own single-turn prompt (one description read once)."""
+    b = load_bench()
+    from dataclasses import asdict
+
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from slotvlm.conversation import VIDEO_TOKEN, get_template
+    from slotvlm.testing import make_tiny_llm
+    from train_synth import caption
+
+    scenes = b.text_scenes(3, 8.0)
+    make_tiny_llm(tmp_path, seed=0, corpus=b.reader_corpus(scenes), vocab_size=1000)
+    tok = AutoTokenizer.from_pretrained(tmp_path)
+    llm = AutoModelForCausalLM.from_pretrained(tmp_path).eval()
+    conv = get_template("vicuna_v1")
+    items = [b.encode_packed(tok, s) for s in scenes]
+    for s, (prefix, segs) in zip(scenes, items):
+        qas = b.synth.questions_for(s)
+        assert len(segs) == len(qas) >= 4
+        for (_, q, a), (x, y) in zip(qas, segs):
+            prompt = conv.prompt(q).replace(VIDEO_TOKEN, caption(asdict(s)))
+            whole = tok(prompt + " " + a, add_special_tokens=True).input_ids + [tok.eos_token_id]
+            assert prefix + x == whole  # the reply is split as in the whole turn
+            assert tok.decode([t for t in y if t != -100], skip_special_tokens=True).strip() == a
+    items = [(p, segs[:4]) for p, segs in items]
+    ids, lab, allow, pos = b.packed_batch(items, tok.pad_token_id)
+    with torch.no_grad():
+        packed = llm(input_ids=ids, attention_mask=allow, position_ids=pos).logits
+        for j, (prefix, segs) in enumerate(items):
+            o = len(prefix)
+            for x, _ in segs:
+                alone = llm(input_ids=torch.tensor([prefix + x])).logits[0, len(prefix):]
+                torch.testing.assert_close(packed[j, o : o + len(x)], alone, atol=1e-4, rtol=1e-4)
+                o += len(x)
+    # the mask really separates the questions: letting one see the one before changes its logits
+    leaky = allow.clone()
+    m, k, k2 = len(items[0][0]), len(items[0][1][0][0]), len(items[0][1][1][0])
+    leaky[0, 0, m + k : m + k + k2, m : m + k] = True
+    with torch.no_grad():
+        other = llm(input_ids=ids, attention_mask=leaky, position_ids=pos).logits
+    assert not torch.allclose(other[0, m + k : m + k + k2], packed[0, m + k : m + k + k2], atol=1e-4)
