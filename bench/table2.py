@@ -1,6 +1,6 @@
 """The Slot-VLM paper's Table 2 in miniature: slots vs pooling vs Q-Former vs one branch, on CPU.
 
-    OMP_NUM_THREADS=2 python bench/table2.py                 # default: 3 seeds; measured 2026-11-30: 96 min wall, 70 CPU-min
+    OMP_NUM_THREADS=2 python bench/table2.py --jobs 2        # default: 3 seeds, two at a time (see docs/training.md)
     python bench/table2.py --smoke                           # the CI-sized run of the tests (< 1 min)
     python bench/table2.py --full --save                     # a GPU-sized run, results into bench/results/
 

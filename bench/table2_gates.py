@@ -60,7 +60,7 @@ ATTRIBUTES = ("colour", "shape", "count", "direction")
 PRESETS = {
     # videos, seconds, reader: fresh text scenes, steps, questions packed per description, layers, width, lr;
     # probe steps
-    "default": dict(videos=300, seconds=8.0, text_scenes=5000, text_steps=3000, pack=12, layers=4, width=128, lr=2e-3,
+    "default": dict(videos=300, seconds=8.0, text_scenes=5000, text_steps=6000, pack=12, layers=4, width=128, lr=2e-3,
                     probe_steps=1500),
     "smoke": dict(videos=10, seconds=3.0, text_scenes=20, text_steps=3, pack=2, layers=1, width=32, lr=2e-3,
                   probe_steps=3),
@@ -253,7 +253,7 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], epilog=__doc__.split("\n\n", 1)[1],
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--smoke", action="store_true", help="a CI-sized run (10 videos, 3 reader steps)")
-    ap.add_argument("--text-steps", type=int, help="reader training steps (default 3000)")
+    ap.add_argument("--text-steps", type=int, help="reader training steps (default 6000)")
     ap.add_argument("--text-scenes", type=int, help="fresh scenes whose descriptions teach the reader (default 5000)")
     ap.add_argument("--pack", type=int, help="questions packed behind each description per reader step (default 12)")
     ap.add_argument("--layers", type=int, help="reader depth (default 4)")
