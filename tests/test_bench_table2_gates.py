@@ -104,3 +104,38 @@ def test_packed_lessons_compute_each_question_as_its_single_turn_prompt(tmp_path
     with torch.no_grad():
         other = llm(input_ids=ids, attention_mask=leaky, position_ids=pos).logits
     assert not torch.allclose(other[0, m + k : m + k + k2], packed[0, m + k : m + k + k2], atol=1e-4)
+
+
+def test_copy_lesson_asks_for_the_description_and_is_answered_with_it(tmp_path):
+    """``copy=True`` puts "Repeat the description." first, labelled with exactly the description
+    (then </s>); the question segments behind it are those of ``copy=False``, unchanged."""
+    b = load_bench()
+    from dataclasses import asdict
+
+    from transformers import AutoTokenizer
+
+    from slotvlm.testing import make_tiny_llm
+    from train_synth import caption
+
+    scenes = b.text_scenes(2, 8.0)
+    make_tiny_llm(tmp_path, seed=0, corpus=b.reader_corpus(scenes), vocab_size=1000)
+    tok = AutoTokenizer.from_pretrained(tmp_path)
+    for s in scenes:
+        prefix, segs = b.encode_packed(tok, s)
+        prefix_c, segs_c = b.encode_packed(tok, s, copy=True)
+        assert prefix_c == prefix and segs_c[1:] == segs and len(segs_c) == len(segs) + 1
+        x, y = segs_c[0]
+        assert tok.decode(x[: y.index(next(t for t in y if t != -100))]).strip().startswith(b.COPY_PROMPT)
+        reply = [t for t in y if t != -100]
+        assert reply[-1] == tok.eos_token_id
+        assert tok.decode(reply[:-1]).strip() == caption(asdict(s))
+        assert x[-len(reply):] == reply and all(t == -100 for t in y[: -len(reply)])
+
+
+def test_fit_reader_rejects_heads_that_do_not_divide_the_width(tmp_path):
+    b = load_bench()
+    import pytest
+
+    with pytest.raises(ValueError, match="heads=3 must divide width=32"):
+        b.fit_reader(str(tmp_path), b.text_scenes(2, 3.0), steps=1, layers=1, width=32, lr=1e-3, heads=3, kv_heads=1,
+                     progress=False)
