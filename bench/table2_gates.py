@@ -19,7 +19,10 @@ decay, gradient clipping 1. Each step reads 16 descriptions with ``--pack`` of t
 packed behind each one; a block attention mask lets every question see its description and
 itself only, with positions continuing the description's, so each is computed exactly as its own
 single-turn prompt (tested) while the description is read once: 12 answers of supervision per
-description read instead of 1, which is what lets the binding circuit form inside the budget.
+description read instead of 1. Before the questions, each description also gets a copy lesson,
+"Repeat the description." answered with the description (``--no-copy`` drops it): copying trains
+the find-a-word-and-read-the-next-one circuit on every word, which the questions need ("What shape
+is the white object?") but train on one answer word each. Copy lessons are never scored.
 Scored: greedy answers to the held-out questions of bench/table2.py's
 test videos, given each video's true description; exact match per question type.
 
