@@ -68,7 +68,7 @@ CEILINGS = ("video-blind, per-type majority", "video-blind, per-question majorit
 # The reader (the frozen LLM) is bench/table2_gates.py's, trained the same way: fresh text scenes,
 # its steps, depth, width and lr (the reader gate measures exactly this LLM).
 _KEYS = {"text_scenes": "text_scenes", "text_steps": "text_steps", "pack": "pack", "layers": "layers", "width": "width",
-         "lr": "reader_lr", "heads": "heads", "kv_heads": "kv_heads", "copy": "copy"}
+         "lr": "reader_lr", "heads": "heads", "kv_heads": "kv_heads", "copy": "copy", "lookup": "lookup"}
 _READER = {v: GATE_PRESETS["default"][k] for k, v in _KEYS.items()}
 _READER_SMOKE = {v: GATE_PRESETS["smoke"][k] for k, v in _KEYS.items()}
 PRESETS = {
@@ -143,7 +143,7 @@ def prepare(work: str, p: dict, progress: bool) -> dict:
     if not os.path.exists(os.path.join(llm, "config.json")):
         fit_reader(llm, text_scenes(p["text_scenes"], p["seconds"]), p["text_steps"], p["layers"], p["width"],
                    p["reader_lr"], pack=p["pack"], copy=p["copy"], heads=p["heads"], kv_heads=p["kv_heads"],
-                   progress=progress)
+                   lookup=p["lookup"], progress=progress)
     qa = os.path.join(data, "qa")
     test_q = json.load(open(os.path.join(qa, "test_q.json")))
     test_a = json.load(open(os.path.join(qa, "test_a.json")))

@@ -64,11 +64,12 @@ PRESETS = {
     # videos, seconds, reader: fresh text scenes, steps, questions packed per description, layers, width, lr;
     # probe steps
     "default": dict(videos=300, seconds=8.0, text_scenes=5000, text_steps=4000, pack=12, layers=4, width=128, lr=2e-3,
-                    heads=8, kv_heads=8, copy=True, probe_steps=1500),
+                    heads=8, kv_heads=8, copy=True, lookup=0, probe_steps=1500),
     "smoke": dict(videos=10, seconds=3.0, text_scenes=20, text_steps=3, pack=2, layers=1, width=32, lr=2e-3,
-                  heads=4, kv_heads=2, copy=True, probe_steps=3),
+                  heads=4, kv_heads=2, copy=True, lookup=2, probe_steps=3),
 }
 COPY_PROMPT = "Repeat the description."  # the copy lesson's question (training only, never scored)
+LOOKUP_PROMPTS = {"after": "Which word comes after {}?", "before": "Which word comes before {}?"}  # lookup lessons (training only)
 TEXT_SEED = 12345  # the reader's text scenes: a generator of their own, never the test videos'
 
 
@@ -78,7 +79,7 @@ def reader_corpus(scenes) -> list[str]:
     ``scenes``, and the chat template's system prompt."""
     from slotvlm.conversation import get_template
 
-    out = [get_template("vicuna_v1").prompt(""), COPY_PROMPT]
+    out = [get_template("vicuna_v1").prompt(""), COPY_PROMPT, *(t.format("") for t in LOOKUP_PROMPTS.values())]
     for s in scenes:
         out.append(caption(asdict(s)))
         out += [f"{q} {a}" for _, q, a in synth.questions_for(s)]
@@ -91,13 +92,33 @@ def text_scenes(n: int, seconds: float, seed: int = TEXT_SEED) -> list:
     return [synth.make_scene(rng, f"v_text{i:06d}", seconds, 112) for i in range(n)]
 
 
-def encode_packed(tok, scene, copy: bool = False) -> tuple[list[int], list[tuple[list[int], list[int]]]]:
+def lookup_lessons(description: str) -> list[tuple[str, str]]:
+    """The lookup lessons of a description: for every scene word (a colour, shape or direction,
+    the words the questions ask about) that occurs once in it, "Which word comes after <word>?"
+    answered with the next word, and "... before <word>?" with the previous one (punctuation
+    stripped). ``[(question, answer), ...]``."""
+    scene_words = {*synth.COLOURS, *synth.SHAPES, *synth.DIRECTIONS}
+    words = [w.strip(".,?!") for w in description.split()]
+    counts = collections.Counter(words)
+    out = []
+    for i, w in enumerate(words):
+        if counts[w] != 1 or w not in scene_words:
+            continue
+        if i + 1 < len(words):
+            out.append((LOOKUP_PROMPTS["after"].format(w), words[i + 1]))
+        if i > 0:
+            out.append((LOOKUP_PROMPTS["before"].format(w), words[i - 1]))
+    return out
+
+
+def encode_packed(tok, scene, copy: bool = False, lookup: bool = False) -> tuple[list[int], list[tuple[list[int], list[int]]]]:
     """``scene``'s reading lesson for the reader: the prompt up to the end of its description
     (BOS + system + ``USER: <description>``), and per question the rest of the turn
     (``\n<question> ASSISTANT: <answer></s>``) as ``(ids, labels)`` (labels -100 but on the reply,
     which is split as in the whole turn). Prefix + one segment is exactly the single-turn prompt.
     ``copy``: the first segment is the copy lesson instead, ``\nRepeat the description. ASSISTANT:
-    <description></s>`` (see :func:`fit_reader`)."""
+    <description></s>`` (see :func:`fit_reader`). ``lookup``: the lookup lessons
+    (:func:`lookup_lessons`) follow the questions, as further segments."""
     from slotvlm.conversation import VIDEO_TOKEN, get_template, reply_token_ids
 
     conv = get_template("vicuna_v1")
@@ -107,6 +128,8 @@ def encode_packed(tok, scene, copy: bool = False) -> tuple[list[int], list[tuple
     turns = [(q, a) for _, q, a in synth.questions_for(scene)]
     if copy:
         turns.insert(0, (COPY_PROMPT, caption(asdict(scene))))
+    if lookup:
+        turns += lookup_lessons(caption(asdict(scene)))
     segments = []
     for q, a in turns:
         seg, reply = reply_token_ids(tok, "\n" + q + tail, a, conv.answer_prefix)
@@ -144,7 +167,7 @@ def packed_batch(items, pad_id: int):
 
 def fit_reader(out: str, scenes, steps: int, layers: int, width: int, lr: float, seed: int = 0,
                batch_size: int = 16, pack: int = 12, copy: bool = True, heads: int = 4, kv_heads: int = 2,
-               progress: bool = True, log=None) -> str:
+               lookup: int = 0, progress: bool = True, log=None) -> str:
     """Build the reader in ``out`` (tokenizer on :func:`reader_corpus`, random LLaMA ``layers`` ×
     ``width``, ``heads`` attention heads sharing ``kv_heads`` key/value heads) and teach it to
     answer the questions of ``scenes`` from their descriptions: each step reads ``batch_size``
@@ -157,7 +180,13 @@ def fit_reader(out: str, scenes, steps: int, layers: int, width: int, lr: float,
     the word after it (an induction head) on every word of the copy, which the questions alone
     train only on their one answer word. Without it the reader sat at guessing on "What shape is
     the white object?" in 2- and 3-object scenes (2 layers, 1,000 steps: 54 %); with it, 100 %
-    by step 1,000 (docs/training.md, "Calibration gates"). Copy lessons are never scored."""
+    by step 1,000 (docs/training.md, "Calibration gates"). Copy lessons are never scored.
+
+    ``lookup`` adds that many lookup lessons (:func:`lookup_lessons`, drawn at random) to every
+    description in a step: "Which word comes after red?" trains the two-step circuit that the
+    binding questions ("What shape is the red object ...?") need (take a word from the question,
+    find it in the description, read its neighbour) on every unique word, where the questions
+    train it on one answer each. Never scored."""
     import random
 
     from tqdm import tqdm
@@ -167,6 +196,8 @@ def fit_reader(out: str, scenes, steps: int, layers: int, width: int, lr: float,
 
     if pack < 1:
         raise ValueError(f"pack must be >= 1 question per description, got {pack}")
+    if lookup < 0:
+        raise ValueError(f"lookup must be >= 0 lookup lessons per description, got {lookup}")
     corpus = reader_corpus(scenes[:300])
     if heads < 1 or kv_heads < 1 or heads % kv_heads or width % heads:
         raise ValueError(f"heads={heads} must divide width={width} and be a multiple of kv_heads={kv_heads}")
@@ -174,7 +205,11 @@ def fit_reader(out: str, scenes, steps: int, layers: int, width: int, lr: float,
                   num_hidden_layers=layers, num_attention_heads=heads, num_key_value_heads=kv_heads)
     tok = AutoTokenizer.from_pretrained(out)
     llm = AutoModelForCausalLM.from_pretrained(out)
-    lessons = [encode_packed(tok, s, copy=copy) for s in scenes]
+    lessons = []
+    for s in scenes:
+        prefix, segs = encode_packed(tok, s, copy=copy, lookup=lookup > 0)
+        n_look = len(lookup_lessons(caption(asdict(s)))) if lookup else 0
+        lessons.append((prefix, segs[: len(segs) - n_look], segs[len(segs) - n_look :]))
     rng = random.Random(seed)
     opt = torch.optim.AdamW(llm.parameters(), lr=lr)
     warm = max(1, min(50, steps // 10))
@@ -184,9 +219,9 @@ def fit_reader(out: str, scenes, steps: int, layers: int, width: int, lr: float,
     for step in bar:
         items = []
         for _ in range(batch_size):
-            prefix, segs = lessons[rng.randrange(len(lessons))]
+            prefix, segs, looks = lessons[rng.randrange(len(lessons))]
             head, segs = (segs[:1], segs[1:]) if copy else ([], segs)
-            items.append((prefix, head + rng.sample(segs, min(pack, len(segs)))))
+            items.append((prefix, head + rng.sample(segs, min(pack, len(segs))) + rng.sample(looks, min(lookup, len(looks)))))
         ids, lab, allow, pos = packed_batch(items, tok.pad_token_id)
         logits = llm(input_ids=ids, attention_mask=allow, position_ids=pos).logits[:, :-1].float()
         loss = torch.nn.functional.cross_entropy(logits.flatten(0, 1), lab[:, 1:].flatten(), ignore_index=-100)
@@ -284,6 +319,8 @@ def main(argv=None) -> int:
     ap.add_argument("--kv-heads", type=int, help="reader key/value heads (default 8)")
     ap.add_argument("--no-copy", dest="copy", action="store_false", default=None,
                     help="train the reader without the copy lesson ('Repeat the description.')")
+    ap.add_argument("--lookup", type=int, help="lookup lessons ('Which word comes after red?') per description per reader step "
+                                                "(default 0; 0 turns them off)")
     ap.add_argument("--work", help="folder for data, models and caches (default: a temporary folder)")
     ap.add_argument("--save", action="store_true", help="write table2_gates.{csv,md} to bench/results/")
     ap.add_argument("--label", help="a label for the CSV rows (default: the preset name)")
@@ -292,6 +329,10 @@ def main(argv=None) -> int:
     p = dict(PRESETS[preset])
     if args.copy is not None:
         p["copy"] = args.copy
+    if args.lookup is not None:
+        if args.lookup < 0:
+            raise SystemExit(f"error: --lookup must be >= 0, got {args.lookup}")
+        p["lookup"] = args.lookup
     for k in ("text_steps", "text_scenes", "pack", "layers", "width", "lr", "heads", "kv_heads"):
         v = getattr(args, k)
         if v is not None:
@@ -321,7 +362,8 @@ def main(argv=None) -> int:
 
     t1 = time.time()
     fit_reader(reader, text_scenes(p["text_scenes"], p["seconds"]), p["text_steps"], p["layers"], p["width"], p["lr"],
-               pack=p["pack"], copy=p["copy"], heads=p["heads"], kv_heads=p["kv_heads"], progress=progress, log=log)
+               pack=p["pack"], copy=p["copy"], heads=p["heads"], kv_heads=p["kv_heads"], lookup=p["lookup"],
+               progress=progress, log=log)
     reading = by_type(read_descriptions(reader, data), data)
     t_reader = time.time() - t1
     print(json.dumps({"reader_gate": reading}), flush=True)
@@ -329,7 +371,8 @@ def main(argv=None) -> int:
     stamp = {"timestamp": time.strftime("%Y-%m-%dT%H:%M:%S"), "commit": commit(), "device": device_name("cpu"),
              "torch": torch.__version__, "label": args.label or preset, "videos": p["videos"],
              "reader": f"{p['layers']}x{p['width']}, {p['heads']}/{p['kv_heads']} heads, {p['text_steps']} steps of 16 "
-                       f"descriptions x ({'1 copy + ' if p['copy'] else ''}{p['pack']} questions), lr {p['lr']}, "
+                       f"descriptions x ({'1 copy + ' if p['copy'] else ''}{p['pack']} questions"
+                       f"{' + %d lookups' % p['lookup'] if p['lookup'] else ''}), lr {p['lr']}, "
                        f"{p['text_scenes']} text scenes"}
     rows = [{**stamp, "gate": "reader", "what": t, "accuracy": round(v, 4), "target": 0.9, "passed": v >= 0.9,
              "wall_s": round(t_reader, 1)} for t, v in reading.items()]

@@ -139,3 +139,45 @@ def test_fit_reader_rejects_heads_that_do_not_divide_the_width(tmp_path):
     with pytest.raises(ValueError, match="heads=3 must divide width=32"):
         b.fit_reader(str(tmp_path), b.text_scenes(2, 3.0), steps=1, layers=1, width=32, lr=1e-3, heads=3, kv_heads=1,
                      progress=False)
+
+
+def test_lookup_lessons_read_the_neighbours_of_unique_scene_words():
+    b = load_bench()
+    d = "First a red square moves up. Then a blue square moves left and turns red. There are two objects."
+    got = dict(b.lookup_lessons(d))
+    assert got["Which word comes after blue?"] == "square" and got["Which word comes before blue?"] == "a"
+    assert got["Which word comes after left?"] == "and" and got["Which word comes before up?"] == "moves"
+    # "red" and "square" occur twice (no single answer), "moves"/"There" are not scene words
+    assert not any(w in q for q in got for w in (" red?", " square?", " moves?", " There?"))
+    assert len(got) == 6  # blue, up, left: after + before each
+
+
+def test_encode_packed_lookup_appends_the_lookup_segments(tmp_path):
+    b = load_bench()
+    from dataclasses import asdict
+
+    from transformers import AutoTokenizer
+
+    from slotvlm.testing import make_tiny_llm
+    from train_synth import caption
+
+    scenes = b.text_scenes(2, 8.0)
+    make_tiny_llm(tmp_path, seed=0, corpus=b.reader_corpus(scenes), vocab_size=1000)
+    tok = AutoTokenizer.from_pretrained(tmp_path)
+    for s in scenes:
+        _, segs = b.encode_packed(tok, s, copy=True)
+        _, segs_l = b.encode_packed(tok, s, copy=True, lookup=True)
+        looks = b.lookup_lessons(caption(asdict(s)))
+        assert looks and segs_l[: len(segs)] == segs and len(segs_l) == len(segs) + len(looks)
+        for (x, y), (q, a) in zip(segs_l[len(segs):], looks):
+            reply = [t for t in y if t != -100]
+            assert q in tok.decode(x[: len(x) - len(reply)]) and tok.decode(reply[:-1]).strip() == a
+
+
+def test_fit_reader_rejects_a_negative_lookup(tmp_path):
+    b = load_bench()
+    import pytest
+
+    with pytest.raises(ValueError, match="lookup must be >= 0 .* got -1"):
+        b.fit_reader(str(tmp_path), b.text_scenes(2, 3.0), steps=1, layers=1, width=32, lr=1e-3, lookup=-1,
+                     progress=False)
